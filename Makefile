@@ -1,0 +1,44 @@
+# Lean Transformers: `make test` and `make book` are all a fresh machine needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+# Tests and CI: quick mode, and never reach for the network (the shipped subset is used).
+TEST_ENV := LEANFORMER_MODE=quick LEANFORMER_OFFLINE=1 MPLBACKEND=Agg
+
+.PHONY: test book notebooks stamp benchmark reference clean
+
+$(INSTALLED): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(INSTALLED)
+
+## Unit tests, then every lesson under nbval (each cell must run; checked cells must match).
+test: $(INSTALLED)
+	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env
+
+## The static book in _build/html, warnings as errors. Notebooks are not re-executed.
+book: $(INSTALLED)
+	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+## Re-execute every lesson in place, top to bottom in quick mode, to refresh its outputs.
+notebooks: $(INSTALLED)
+	$(PY) -m leanformer stamp-notebooks
+	for nb in notebooks/[0-9]*.ipynb; do $(TEST_ENV) $(VENV)/bin/jupyter-execute --inplace "$$nb" || exit 1; done
+
+## Rewrite the Colab badges and set-up cells from _config.yml.
+stamp: $(INSTALLED)
+	$(PY) -m leanformer stamp-notebooks
+
+## Training throughput of the reference model against a naive nn.TransformerEncoder model.
+benchmark: $(INSTALLED)
+	$(PY) -m leanformer.benchmark
+
+## Retrain the reference checkpoint (about 100 minutes on 2 CPU cores; resumable).
+reference: $(INSTALLED)
+	$(PY) -m leanformer train --recipe reference --data $(DATA) --out checkpoints --resume
+
+clean:
+	rm -rf _build

@@ -1,0 +1,128 @@
+"""Command line: ``python -m leanformer train|evaluate|make-subset``. Run with -h for help."""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def _data(path):
+    from .data import load_cifar10
+
+    return load_cifar10(path)
+
+
+def cmd_train(args):
+    from . import checkpoint
+    from .data import sha256_file
+    from .measure import count_parameters, machine_info
+    from .train import evaluate, fit, get_recipe
+
+    overrides = {"epochs": args.epochs} if args.epochs else {}
+    recipe = get_recipe(args.recipe, **overrides)
+    data = _data(args.data)
+    out = Path(args.out)
+    state_path = out / f"{recipe.name}.last.pt"
+    model, history = fit(recipe, data, state_path=state_path, resume=args.resume)
+    test_acc, _ = evaluate(model, data.test_images, data.test_labels)
+    tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
+    data_path = Path(args.data) if args.data else None
+    provenance = {
+        "recipe": recipe.to_dict(),
+        "command": "python -m leanformer " + " ".join(sys.argv[1:]),
+        "data_source": data.source,
+        "data_sha256": sha256_file(data_path) if data_path and data_path.is_file() else None,
+        "train_images": len(data.train_labels),
+        "test_images": len(data.test_labels),
+        "epochs": len(history),
+        "train_wall_time_s": sum(h["epoch_time_s"] for h in history),
+        "machine": machine_info(),
+        "parameters": count_parameters(model),
+        "test_acc": test_acc,
+        "test_acc_flip_tta": tta_acc,
+        "history": history,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    model_path = out / f"{recipe.name}.safetensors"
+    sha = checkpoint.save_model(model, model_path, provenance)
+    checkpoint.atomic_write(out / f"{recipe.name}.json",
+                            lambda tmp: tmp.write_text(json.dumps({**provenance, "weights_sha256": sha},
+                                                                  indent=1) + "\n"))
+    print(f"test accuracy {test_acc:.4f} (flip TTA {tta_acc:.4f}); wrote {model_path}")
+
+
+def cmd_evaluate(args):
+    from .checkpoint import load_model
+    from .train import evaluate
+
+    model = load_model(args.checkpoint)
+    data = _data(args.data)
+    acc, loss = evaluate(model, data.test_images, data.test_labels)
+    result = {"checkpoint": str(args.checkpoint), "data_source": data.source,
+              "test_images": len(data.test_labels), "test_acc": acc, "test_loss": loss}
+    if args.tta:
+        result["test_acc_flip_tta"] = evaluate(model, data.test_images, data.test_labels,
+                                               flip_tta=True)[0]
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"test accuracy {acc:.2%} on {len(data.test_labels):,} images from {data.source}")
+        if args.tta:
+            print(f"with flip test-time augmentation: {result['test_acc_flip_tta']:.2%}")
+
+
+def cmd_make_subset(args):
+    from .data import make_subset
+
+    sha = make_subset(args.source, args.dest, per_class=args.per_class, seed=args.seed)
+    print(f"wrote {args.dest}  sha256 {sha}")
+
+
+def cmd_stamp(args):
+    from .lesson import stamp_notebooks
+
+    changed = stamp_notebooks(".", check=args.check)
+    for path in changed:
+        print(f"{'out of date' if args.check else 'stamped'}: {path}")
+    if args.check and changed:
+        sys.exit("Colab badges or set-up cells differ from _config.yml; run `make stamp`.")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m leanformer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a recipe; writes OUT/NAME.safetensors and NAME.json")
+    p.add_argument("--recipe", required=True)
+    p.add_argument("--data", help="CIFAR-10 path (class folders, .tar.gz or cifar-10-batches-py)")
+    p.add_argument("--out", default="runs", help="output directory (default: runs)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
+    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="test accuracy of a .safetensors model")
+    p.add_argument("checkpoint")
+    p.add_argument("--data")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")
+    p.add_argument("source")
+    p.add_argument("dest")
+    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_make_subset)
+
+    p = sub.add_parser("stamp-notebooks", help="write Colab badges and set-up cells from _config.yml")
+    p.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
+    p.set_defaults(func=cmd_stamp)
+
+    args = parser.parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

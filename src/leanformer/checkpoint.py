@@ -1,0 +1,106 @@
+"""Saving and loading models and training state, safely.
+
+* A finished model is one ``.safetensors`` file. Its metadata carry the model config, the
+  provenance, and a sha256 of the weights that ``load_model`` checks. Loading runs no code.
+* Training state (model, optimizer, history) for ``--resume`` is a ``torch.save`` file read back
+  with ``weights_only=True``, so it cannot execute code either.
+* Every file is written to a temporary name and renamed into place: a kill mid-write leaves the
+  previous file intact.
+"""
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .model import ViTConfig, VisionTransformer
+
+FORMAT = "leanformer-vit/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, damaged or of the wrong kind."""
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def weights_sha256(state_dict):
+    """A digest of names, dtypes, shapes and values, independent of the file format."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def save_model(model, path, provenance=None):
+    """Write ``model`` (a VisionTransformer) and its provenance to a .safetensors file."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    metadata = {
+        "format": FORMAT,
+        "config": json.dumps(model.cfg.to_dict()),
+        "sha256": weights_sha256(state),
+        "provenance": json.dumps(provenance or {}),
+    }
+    atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    return metadata["sha256"]
+
+
+def read_model_file(path):
+    """Return (state_dict, metadata) of a model file after checking its sha256."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No model file at {path}. Train one with "
+                              "`python -m leanformer train --recipe reference`, or check the path.")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable .safetensors file ({e}).") from None
+    if metadata.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a leanformer model (format {metadata.get('format')!r}, "
+                              f"expected {FORMAT!r}).")
+    actual = weights_sha256(state)
+    if actual != metadata.get("sha256"):
+        raise CheckpointError(f"{path}: weights sha256 {actual} does not match the recorded "
+                              f"{metadata.get('sha256')}. The file is damaged; restore or retrain it.")
+    return state, metadata
+
+
+def load_model(path, device="cpu"):
+    """Load a model file: returns a VisionTransformer in eval mode that takes float images in
+    [0, 1] of shape (N, 3, 32, 32) and returns logits over CIFAR-10's 10 classes."""
+    state, metadata = read_model_file(path)
+    model = VisionTransformer(ViTConfig.from_dict(json.loads(metadata["config"])))
+    model.load_state_dict(state)
+    model.provenance = json.loads(metadata.get("provenance", "{}"))
+    return model.to(device).eval()
+
+
+def save_state(path, state):
+    """Training state: a dict of tensors, numbers, strings, lists and dicts only."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_state(path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise CheckpointError(f"Cannot resume from {path}: {e}. Delete it to start afresh.") from None

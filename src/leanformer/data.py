@@ -1,0 +1,364 @@
+"""CIFAR-10 for the course: find it, decode it once, cache it, and serve it as tensors.
+
+Where ``load_cifar10`` looks, in order:
+
+1. an explicit path: the ``path`` argument, else the ``LEANFORMER_DATA`` environment variable.
+   It may be a class-folder directory (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``),
+   a ``.tar.gz`` of one, or torchvision's ``cifar-10-batches-py`` folder;
+2. torchvision's official download, when the network allows it (``LEANFORMER_OFFLINE=1`` skips it);
+3. the real CIFAR-10 subset that ships with the repository (``data/cifar10-subset.tar.gz``).
+
+The decoded arrays are cached (``LEANFORMER_CACHE``, default ``~/.cache/leanformer``) under a
+key made from the source, so that a second load takes well under a second. The whole data set
+is 184 MB as uint8, so it lives in memory and batches are cut from tensors: no DataLoader.
+"""
+import hashlib
+import io
+import os
+import socket
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+SUBSET_PATH = REPO_ROOT / "data" / "cifar10-subset.tar.gz"
+# sha256 of data/cifar10-subset.tar.gz, checked at every load (see data/README.md).
+SUBSET_SHA256 = "aef91b055ee0da6488890adfe6307958fb3f142053f022d8f4f80c854ae30538"
+CACHE_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """CIFAR-10 could not be found or read. The message says where and how to fix it."""
+
+
+@dataclass
+class CIFAR10:
+    """CIFAR-10 in memory: uint8 images (N, 3, 32, 32) and int64 labels in CIFAR-10's order."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    source: str
+    classes: tuple = CLASSES
+
+    def __repr__(self):
+        return (f"CIFAR10(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "
+                f"source={self.source!r})")
+
+
+def cache_dir():
+    return Path(os.environ.get("LEANFORMER_CACHE", Path.home() / ".cache" / "leanformer"))
+
+
+def load_cifar10(path=None, download=True, verbose=True):
+    """Load CIFAR-10 from the first source that works (see the module docstring)."""
+    data = _load(path, download)
+    if verbose:
+        print(f"CIFAR-10: {len(data.train_labels):,} train / {len(data.test_labels):,} test images "
+              f"from {data.source}")
+    return data
+
+
+def _load(path, download):
+    looked = []
+    explicit = path if path is not None else os.environ.get("LEANFORMER_DATA") or None
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        how = "path argument" if path is not None else "$LEANFORMER_DATA"
+        if not p.exists():
+            raise DataError(_not_found([f"{how}: {p} (does not exist)"], explicit=True))
+        return _cached(p, kind=_kind_of(p))
+    looked.append("path argument and $LEANFORMER_DATA: not given")
+
+    tv_root = cache_dir() / "torchvision"
+    if (tv_root / "cifar-10-batches-py").is_dir():
+        return _cached(tv_root / "cifar-10-batches-py", kind="batches")
+    if download and os.environ.get("LEANFORMER_OFFLINE", "") not in ("1", "true", "yes"):
+        if _online():
+            import torchvision
+
+            torchvision.datasets.CIFAR10(str(tv_root), train=True, download=True)
+            return _cached(tv_root / "cifar-10-batches-py", kind="batches")
+        looked.append("torchvision download: www.cs.toronto.edu is not reachable")
+    else:
+        looked.append("torchvision download: skipped (offline)")
+
+    if SUBSET_PATH.is_file():
+        return _cached(SUBSET_PATH, kind="subset")
+    looked.append(f"shipped subset: {SUBSET_PATH} (missing)")
+    raise DataError(_not_found(looked, explicit=False))
+
+
+def _not_found(looked, explicit):
+    lines = "\n".join(f"  - {item}" for item in looked)
+    fix = ("Pass a path that exists: a class-folder directory, a .tar.gz of one, or torchvision's "
+           "cifar-10-batches-py folder." if explicit else
+           "Fix: pass load_cifar10(path=...) or set LEANFORMER_DATA to a class-folder directory, "
+           "a .tar.gz of one, or a cifar-10-batches-py folder; or restore data/cifar10-subset.tar.gz "
+           "with `git checkout data/`.")
+    return f"CIFAR-10 not found. Looked in:\n{lines}\n{fix}"
+
+
+def _kind_of(p):
+    if p.is_dir():
+        if (p / "data_batch_1").exists():
+            return "batches"
+        if (p / "cifar-10-batches-py").is_dir():
+            return "batches-parent"
+        return "folders"
+    if p.name.endswith((".tar.gz", ".tgz", ".tar")):
+        return "tar"
+    raise DataError(f"{p} is a file but not a .tar.gz archive. Expected a class-folder directory, "
+                    "a .tar.gz of one, or torchvision's cifar-10-batches-py folder.")
+
+
+def _online(host="www.cs.toronto.edu", timeout=3.0):
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+# --- the cache -------------------------------------------------------------------------------
+
+def _cache_key(p, kind):
+    st = p.stat()
+    ident = f"v{CACHE_VERSION}|{kind}|{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def _cached(p, kind):
+    if kind == "batches-parent":
+        p, kind = p / "cifar-10-batches-py", "batches"
+    if kind == "subset":
+        _check_sha256(p, SUBSET_SHA256)
+        source = f"shipped subset {p.name} (sha256 {SUBSET_SHA256[:12]}…)"
+    else:
+        source = str(p)
+    cache = cache_dir() / f"cifar10-{_cache_key(p, kind)}.npz"
+    if cache.is_file():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("train_x", "train_y", "test_x", "test_y")}
+            return _to_dataset(arrays, source)
+        except Exception:
+            cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
+    if kind == "batches":
+        arrays = _read_batches(p)
+    elif kind == "folders":
+        arrays = _read_folders(p)
+    else:
+        arrays = _read_tar(p)
+    _write_atomic_npz(cache, arrays)
+    return _to_dataset(arrays, source)
+
+
+def _write_atomic_npz(path, arrays):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _to_dataset(a, source):
+    def images(x):  # (N, 32, 32, 3) uint8 -> (N, 3, 32, 32)
+        return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+
+    return CIFAR10(images(a["train_x"]), torch.from_numpy(a["train_y"]).long(),
+                   images(a["test_x"]), torch.from_numpy(a["test_y"]).long(), source)
+
+
+def _check_sha256(p, expected):
+    actual = sha256_file(p)
+    if actual != expected:
+        raise DataError(f"Checksum mismatch for {p}: expected sha256 {expected}, got {actual}. "
+                        "The file is damaged or was replaced; restore it with `git checkout data/` "
+                        "or rebuild it as data/README.md describes.")
+
+
+def sha256_file(p):
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- the readers: each returns {"train_x", "train_y", "test_x", "test_y"} as numpy arrays -----
+
+def _split_and_label(parts):
+    """From a member path like 'cifar10-jpg/train/cat/0001.jpg', return ('train', 3) or None."""
+    for i, part in enumerate(parts[:-2]):
+        if part in ("train", "test") and parts[i + 1] in CLASSES:
+            return part, CLASSES.index(parts[i + 1])
+    return None
+
+
+def _decode(raw, where):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            arr = np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"Corrupt image {where}: {e}. Replace the file or re-create the archive; "
+                        "no cache was written.") from None
+    if arr.shape != (32, 32, 3):
+        raise DataError(f"Image {where} has shape {arr.shape}; CIFAR-10 images are 32x32 RGB.")
+    return arr
+
+
+def _collect(items, origin):
+    """items: iterable of (sort_key, split, label, raw_bytes_or_callable, where)."""
+    out = {"train": [], "test": []}
+    for key, split, label, raw, where in sorted(items, key=lambda t: t[0]):
+        out[split].append((_decode(raw() if callable(raw) else raw, where), label))
+    for split in ("train", "test"):
+        if not out[split]:
+            raise DataError(f"{origin} has no {split}/<class>/ images. Expected "
+                            f"{split}/<class>/NNNN.jpg with classes {', '.join(CLASSES)}.")
+    return {
+        "train_x": np.stack([x for x, _ in out["train"]]),
+        "train_y": np.array([y for _, y in out["train"]], dtype=np.int64),
+        "test_x": np.stack([x for x, _ in out["test"]]),
+        "test_y": np.array([y for _, y in out["test"]], dtype=np.int64),
+    }
+
+
+def _read_tar(p):
+    items = []
+    try:
+        # Members are read into memory, never extracted, so no path in the archive can
+        # write outside it.
+        with tarfile.open(p, "r:*") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                parts = Path(m.name).parts
+                hit = _split_and_label(parts)
+                if hit is None:
+                    continue
+                raw = tar.extractfile(m).read()
+                items.append((m.name, hit[0], hit[1], raw, f"{p}:{m.name}"))
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"Cannot read {p}: the archive is truncated or corrupt ({e}). "
+                        "Copy or download it again; no cache was written.") from None
+    return _collect(items, p)
+
+
+def _read_folders(root):
+    items = []
+    for f in sorted(root.rglob("*")):
+        if f.is_file():
+            hit = _split_and_label(f.relative_to(root).parts)
+            if hit is not None:
+                items.append((str(f), hit[0], hit[1], f.read_bytes, str(f)))
+    if not items:
+        raise DataError(f"{root} holds no CIFAR-10 images. Expected train/<class>/*.jpg and "
+                        f"test/<class>/*.jpg with classes {', '.join(CLASSES)}, or torchvision's "
+                        "cifar-10-batches-py folder.")
+    return _collect(items, root)
+
+
+def _read_batches(p):
+    import torchvision
+
+    try:
+        train = torchvision.datasets.CIFAR10(str(p.parent), train=True, download=False)
+        test = torchvision.datasets.CIFAR10(str(p.parent), train=False, download=False)
+    except RuntimeError as e:
+        raise DataError(f"{p} is not a complete cifar-10-batches-py folder ({e}). "
+                        "Download it again or pass another path.") from None
+    return {"train_x": train.data, "train_y": np.array(train.targets, dtype=np.int64),
+            "test_x": test.data, "test_y": np.array(test.targets, dtype=np.int64)}
+
+
+# --- batches and augmentation, on tensors ----------------------------------------------------
+
+def batches(images, labels, batch_size, shuffle=False, generator=None):
+    """Yield (float images in [0, 1], labels) mini-batches from uint8 tensors."""
+    n = len(labels)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for i in range(0, n, batch_size):
+        idx = order[i : i + batch_size]
+        yield images[idx].float().div_(255), labels[idx]
+
+
+def augment(x, generator=None, padding=4, flip=True, cutout=0):
+    """Random crop (after zero padding), horizontal flip and optional cutout on a float batch.
+
+    Done on whole tensors with index arithmetic, so it costs a fraction of a training step.
+    """
+    B, C, H, W = x.shape
+    if padding:
+        padded = torch.nn.functional.pad(x, (padding,) * 4)
+        dy = torch.randint(0, 2 * padding + 1, (B, 1, 1), generator=generator)
+        dx = torch.randint(0, 2 * padding + 1, (B, 1, 1), generator=generator)
+        rows = (torch.arange(H).view(1, H, 1) + dy).expand(B, H, W)
+        cols = (torch.arange(W).view(1, 1, W) + dx).expand(B, H, W)
+        b = torch.arange(B).view(B, 1, 1).expand(B, H, W)
+        x = padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        flip_mask = torch.rand(B, generator=generator) < 0.5
+        x = torch.where(flip_mask.view(B, 1, 1, 1), x.flip(3), x)
+    if cutout:
+        cy = torch.randint(0, H, (B, 1, 1), generator=generator)
+        cx = torch.randint(0, W, (B, 1, 1), generator=generator)
+        ys, xs = torch.arange(H).view(1, H, 1), torch.arange(W).view(1, 1, W)
+        hole = ((ys - cy).abs() <= cutout // 2) & ((xs - cx).abs() <= cutout // 2)
+        x = x * (~hole).unsqueeze(1).to(x.dtype)
+    return x.contiguous()
+
+
+# --- the shipped subset ----------------------------------------------------------------------
+
+def make_subset(source, dest, per_class=500, seed=0):
+    """Write a stratified real subset of a class-folder CIFAR-10 .tar.gz: ``per_class`` training
+    images per class, chosen at random with ``seed``, and every test image. JPEG bytes are
+    copied unchanged, and the archive is byte-for-byte reproducible."""
+    import gzip
+    import random
+
+    chosen = {}
+    with tarfile.open(source, "r:*") as tar:
+        members = [m for m in tar if m.isfile() and _split_and_label(Path(m.name).parts)]
+        by_class = {}
+        for m in members:
+            split, label = _split_and_label(Path(m.name).parts)
+            if split == "test":
+                chosen[m.name] = m
+            else:
+                by_class.setdefault(label, []).append(m)
+        rng = random.Random(seed)
+        for label in sorted(by_class):
+            group = sorted(by_class[label], key=lambda m: m.name)
+            for m in rng.sample(group, per_class):
+                chosen[m.name] = m
+        blobs = {}
+        for name in sorted(chosen):
+            split, label = _split_and_label(Path(name).parts)
+            new = f"cifar10-subset/{split}/{CLASSES[label]}/{Path(name).name}"
+            blobs[new] = tar.extractfile(chosen[name]).read()
+
+    dest = Path(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as out:
+            for name in sorted(blobs):
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(blobs[name]), 0, 0o644
+                out.addfile(info, io.BytesIO(blobs[name]))
+    os.replace(tmp, dest)
+    return sha256_file(dest)

@@ -1,0 +1,114 @@
+"""What every lesson calls in its setup cell: the quick/full switch, the seed, the plot style,
+and ``glue`` for numbers quoted in the prose.
+
+Quick or full
+-------------
+Quick mode (the default) trains small models on few images so that every notebook runs in
+about two minutes on a laptop CPU; tests and CI use it. Full mode runs each lesson as
+written for a reader with a GPU or time to spare. Choose it with the environment variable
+``LEANFORMER_MODE=full`` or by setting ``QUICK = False`` in a lesson's setup cell.
+"""
+import os
+import random
+
+
+def is_quick():
+    mode = os.environ.get("LEANFORMER_MODE", "quick").strip().lower()
+    if mode not in ("quick", "full"):
+        raise ValueError(f"LEANFORMER_MODE must be 'quick' or 'full', got {mode!r}")
+    return mode == "quick"
+
+
+def setup(seed=0):
+    """Seed every generator, apply the plot style, and return True in quick mode."""
+    import numpy as np
+    import torch
+
+    from .plots import use_course_style
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    use_course_style()
+    quick = is_quick()
+    print(f"leanformer: {'quick' if quick else 'full'} mode, seed {seed}")
+    return quick
+
+
+def glue(name, value):
+    """Store ``value`` under ``name`` for the book's ``{glue:text}`` roles. Outside a Jupyter
+    Book build (in Colab, say) it only returns the value."""
+    try:
+        from myst_nb import glue as _glue
+    except ImportError:
+        return value
+    _glue(name, value, display=False)
+    return value
+
+
+def show_source(obj):
+    """Display the source of a leanformer class or function, so that a lesson shows the code it
+    uses without copying it."""
+    import inspect
+
+    from IPython.display import Markdown, display
+
+    display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
+
+
+# --- keeping every lesson's Colab badge and set-up cell in step with _config.yml -------------
+
+COLAB_CELL = '''\
+# In Colab: fetch the course and install its package. Anywhere else this cell does nothing.
+import os, subprocess, sys
+if "google.colab" in sys.modules and not os.path.isdir("lean-transformers"):
+    subprocess.run(["git", "clone", "--depth", "1", "{url}", "lean-transformers"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "lean-transformers"], check=True)
+    sys.path.insert(0, os.path.abspath("lean-transformers/src"))'''
+
+BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+
+
+def repository(config="_config.yml"):
+    """(url, branch) from the book's _config.yml, the one place that names the repository."""
+    import yaml
+
+    with open(config, encoding="utf-8") as f:
+        repo = yaml.safe_load(f)["repository"]
+    return repo["url"].rstrip("/"), repo.get("branch", "main")
+
+
+def stamp_notebooks(root=".", check=False):
+    """Write the Colab badge (first cell) and the Colab set-up cell (second cell, tagged
+    ``colab-setup``) of every notebook from _config.yml. Returns the notebooks that changed
+    (or, with ``check=True``, that would change)."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(root)
+    url, branch = repository(root / "_config.yml")
+    changed = []
+    for path in sorted((root / "notebooks").glob("[0-9]*.ipynb")):
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        cells = nb["cells"]
+        link = (url.replace("https://github.com/", "https://colab.research.google.com/github/")
+                + f"/blob/{branch}/notebooks/{path.name}")
+        lines = "".join(cells[0]["source"]).split("\n")
+        rest = [line for line in lines[1:] if "colab-badge.svg" not in line]
+        while rest and not rest[0].strip():
+            rest.pop(0)
+        title_src = "\n".join([lines[0], "", BADGE.format(link=link), ""] + rest)
+        setup = {"cell_type": "code", "execution_count": None, "id": "colab-setup",
+                 "metadata": {"tags": ["colab-setup", "hide-cell"]}, "outputs": [],
+                 "source": COLAB_CELL.format(url=url + ".git")}
+        has_setup = len(cells) > 1 and "colab-setup" in cells[1].get("metadata", {}).get("tags", [])
+        new = [dict(cells[0], source=title_src)]
+        new.append(dict(cells[1], source=setup["source"], metadata=setup["metadata"]) if has_setup else setup)
+        new += cells[2:] if has_setup else cells[1:]
+        if new != cells:
+            changed.append(path)
+            if not check:
+                nb["cells"] = new
+                path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return changed

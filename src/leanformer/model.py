@@ -1,0 +1,293 @@
+"""The Transformer of the course, built from timm-named blocks.
+
+PatchEmbed / ConvTokenizer -> + position embedding -> Block x depth -> LayerNorm -> pool -> head
+
+The same ``Block`` serves the Vision Transformer (``VisionTransformer``) and the text
+Transformer of seed 000 (``TextTransformer``).
+"""
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import scaled_dot_product_attention
+
+# CIFAR-10 training-set statistics. They live in the model (see ``VisionTransformer.forward``)
+# so that a checkpoint takes images in [0, 1] and nobody has to remember the numbers.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+class PatchEmbed(nn.Module):
+    """Cut the image into non-overlapping patch_size x patch_size patches and project each
+    one to embed_dim. A strided convolution does both steps in one call."""
+
+    def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=128):
+        super().__init__()
+        self.num_patches = (img_size // patch_size) ** 2
+        self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class ConvTokenizer(nn.Module):
+    """A small convolutional tokenizer, as in the Compact Convolutional Transformer (CCT).
+
+    Each stage is a 3x3 convolution, a ReLU and a stride-2 max-pool, so two stages turn a
+    32x32 image into 8x8 = 64 tokens. Overlapping 3x3 kernels give the tokens the local
+    structure that a patch cut misses, which is what lets a small Transformer learn CIFAR-10
+    from 50,000 images instead of millions.
+    """
+
+    def __init__(self, img_size=32, in_chans=3, channels=(64, 128)):
+        super().__init__()
+        layers, c_in = [], in_chans
+        for c_out in channels:
+            layers += [
+                nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
+            ]
+            c_in = c_out
+        # channels_last lets oneDNN pick its fast convolution and pooling kernels on a CPU
+        # (measured 1.3x faster training for the reference model by scripts/benchmark.py).
+        self.stages = nn.Sequential(*layers).to(memory_format=torch.channels_last)
+        self.num_patches = (img_size // 2 ** len(channels)) ** 2
+
+    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
+        x = self.stages(x.contiguous(memory_format=torch.channels_last))
+        return x.flatten(2).transpose(1, 2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: one linear layer makes Q, K and V for all heads.
+
+    By default it runs the course's own ``scaled_dot_product_attention``. With 64 tokens that
+    is faster on a CPU than PyTorch's fused kernel, whose bf16 backward pass is slow there
+    (see scripts/benchmark.py). ``fused=True`` switches to the fused kernel, the better choice
+    on a GPU or for long sequences. ``keep_weights=True`` stores the attention weights in
+    ``self.weights`` for plots.
+    """
+
+    def __init__(self, dim, num_heads=4, qkv_bias=True):
+        super().__init__()
+        assert dim % num_heads == 0, f"dim {dim} must be divisible by num_heads {num_heads}"
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.fused = False
+        self.keep_weights = False
+        self.weights = None
+
+    def forward(self, x, mask=None):
+        B, N, D = x.shape
+        # (B, N, 3D) -> (3, B, heads, N, head_dim)
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        if self.fused and not self.keep_weights:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:
+            x, weights = scaled_dot_product_attention(q, k, v, mask)
+            self.weights = weights.detach() if self.keep_weights else None
+        x = x.transpose(1, 2).reshape(B, N, D)  # concatenate the heads
+        return self.proj(x)
+
+
+class Mlp(nn.Module):
+    """Position-wise feed-forward network: Linear -> GELU -> Linear."""
+
+    def __init__(self, in_features, hidden_features, drop=0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: in training, skip a residual branch for a random subset of samples."""
+
+    def __init__(self, p=0.0):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.p
+        return x * keep.to(x.dtype) / (1 - self.p)
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + Attention(LN(x)), then x + Mlp(LN(x)).
+
+    With weights copied over it computes what ``nn.TransformerEncoderLayer(norm_first=True,
+    batch_first=True, activation="gelu")`` computes (checked in tests/test_model.py).
+    """
+
+    def __init__(self, dim, num_heads, mlp_ratio=2.0, drop=0.0, drop_path=0.0, eps=1e-5):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.drop_path = DropPath(drop_path)
+
+    def forward(self, x, mask=None):
+        x = x + self.drop_path(self.attn(self.norm1(x), mask))
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+    @classmethod
+    def from_torch(cls, layer):
+        """A Block holding the weights of a PyTorch ``nn.TransformerEncoderLayer``.
+
+        PyTorch stacks the Q, K and V projections in one ``in_proj_weight``, in the same
+        order as our ``qkv`` layer, so each tensor maps over one to one.
+        """
+        dim = layer.self_attn.embed_dim
+        block = cls(dim, layer.self_attn.num_heads, layer.linear1.out_features / dim,
+                    eps=layer.norm1.eps)
+        pairs = {
+            "norm1": layer.norm1, "norm2": layer.norm2, "attn.proj": layer.self_attn.out_proj,
+            "mlp.fc1": layer.linear1, "mlp.fc2": layer.linear2,
+        }
+        with torch.no_grad():
+            for name, source in pairs.items():
+                target = block.get_submodule(name)
+                target.weight.copy_(source.weight)
+                target.bias.copy_(source.bias)
+            block.attn.qkv.weight.copy_(layer.self_attn.in_proj_weight)
+            block.attn.qkv.bias.copy_(layer.self_attn.in_proj_bias)
+        return block
+
+
+@dataclass
+class ViTConfig:
+    """Everything needed to rebuild a ``VisionTransformer``; saved inside each checkpoint."""
+
+    img_size: int = 32
+    in_chans: int = 3
+    num_classes: int = 10
+    tokenizer: str = "patch"  # "patch" (ViT) or "conv" (CCT-style ConvTokenizer)
+    patch_size: int = 4  # used by the patch tokenizer
+    conv_channels: tuple = (64, 128)  # used by the conv tokenizer; the last one is embed_dim
+    embed_dim: int = 128
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    pool: str = "attn"  # "cls" (class token), "mean", or "attn" (learned attention pooling)
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.1
+    mean: tuple = CIFAR10_MEAN
+    std: tuple = CIFAR10_STD
+
+    def to_dict(self):
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d):
+        d = dict(d)
+        for key in ("conv_channels", "mean", "std"):
+            if key in d:
+                d[key] = tuple(d[key])
+        return cls(**d)
+
+
+class VisionTransformer(nn.Module):
+    """A Vision Transformer for small images. Input: float images in [0, 1], (B, 3, H, W).
+    Output: logits (B, num_classes)."""
+
+    def __init__(self, cfg: ViTConfig = None, **overrides):
+        super().__init__()
+        cfg = cfg or ViTConfig()
+        if overrides:
+            cfg = ViTConfig(**{**cfg.to_dict(), **overrides})
+        self.cfg = cfg
+        D = cfg.embed_dim
+        self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1), persistent=False)
+
+        if cfg.tokenizer == "patch":
+            self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
+        elif cfg.tokenizer == "conv":
+            if cfg.conv_channels[-1] != D:
+                raise ValueError(f"conv_channels[-1] ({cfg.conv_channels[-1]}) must equal embed_dim ({D})")
+            self.patch_embed = ConvTokenizer(cfg.img_size, cfg.in_chans, cfg.conv_channels)
+        else:
+            raise ValueError(f"tokenizer must be 'patch' or 'conv', got {cfg.tokenizer!r}")
+        if cfg.pool not in ("cls", "mean", "attn"):
+            raise ValueError(f"pool must be 'cls', 'mean' or 'attn', got {cfg.pool!r}")
+
+        num_tokens = self.patch_embed.num_patches + (cfg.pool == "cls")
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.pool == "cls" else None
+        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, D) * 0.02)
+        self.pos_drop = nn.Dropout(cfg.drop_rate)
+        # Stochastic depth grows linearly with depth: early blocks are almost always kept.
+        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, r) for r in rates
+        )
+        self.norm = nn.LayerNorm(D)
+        self.attn_pool = nn.Linear(D, 1) if cfg.pool == "attn" else None
+        self.head = nn.Linear(D, cfg.num_classes)
+        self.apply(_init_weights)
+
+    def forward_features(self, x):
+        x = (x - self.mean) / self.std
+        x = self.patch_embed(x)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x + self.pos_embed)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+    def pool(self, x):
+        if self.cfg.pool == "cls":
+            return x[:, 0]
+        if self.cfg.pool == "mean":
+            return x.mean(dim=1)
+        # Attention pooling: a learned score per token, softmax over tokens, weighted sum.
+        w = torch.softmax(self.attn_pool(x), dim=1)  # (B, N, 1)
+        return (w * x).sum(dim=1)
+
+    def forward(self, x):
+        return self.head(self.pool(self.forward_features(x)))
+
+
+class TextTransformer(nn.Module):
+    """Seed 000's text Transformer, repaired: token embedding + position embedding,
+    N pre-norm blocks, and a linear head to the vocabulary at every position."""
+
+    def __init__(self, vocab_size, embed_dim=64, depth=2, num_heads=4, max_len=64, mlp_ratio=2.0):
+        super().__init__()
+        self.tok_embed = nn.Embedding(vocab_size, embed_dim)
+        self.pos_embed = nn.Parameter(torch.randn(1, max_len, embed_dim) * 0.02)
+        self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim)
+        self.head = nn.Linear(embed_dim, vocab_size)
+        self.apply(_init_weights)
+
+    def forward(self, tokens, mask=None):  # (B, L) int -> (B, L, vocab_size)
+        x = self.tok_embed(tokens)
+        x = x + self.pos_embed[:, : tokens.shape[1]]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.head(self.norm(x))
+
+
+def _init_weights(m):
+    # Truncated-normal linear weights and zero biases, the usual ViT initialisation.
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Conv2d):
+        nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")

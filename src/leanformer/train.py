@@ -1,0 +1,249 @@
+"""The training loop of the course: AdamW, warm-up then cosine, label smoothing, tensor
+augmentation, mixed precision, per-epoch evaluation, atomic checkpoints and exact resume.
+
+Reproducibility: every random draw of epoch ``e`` comes from generators seeded with
+``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
+"""
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint
+from .data import augment, batches
+from .model import ViTConfig, VisionTransformer
+
+
+@dataclass
+class Recipe:
+    """A named, complete description of a training run."""
+
+    name: str
+    model: dict = field(default_factory=dict)  # overrides of ViTConfig
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 2.0
+    label_smoothing: float = 0.1
+    crop_padding: int = 4
+    flip: bool = True
+    cutout: int = 0
+    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (fp16 on CUDA only)
+    seed: int = 0
+
+    def to_dict(self):
+        return asdict(self)
+
+
+RECIPES = {
+    # The course's reference model: a CCT-style ViT (conv tokenizer, 64 tokens of width 128).
+    "reference": Recipe(
+        name="reference",
+        model=dict(tokenizer="conv", conv_channels=(64, 128), embed_dim=128, depth=4,
+                   num_heads=4, mlp_ratio=2.0, pool="attn", drop_path_rate=0.1),
+        epochs=65, batch_size=128, lr=1.5e-3, weight_decay=0.05, warmup_epochs=3,
+        label_smoothing=0.1, crop_padding=4, flip=True, cutout=0, precision="bf16",
+    ),
+    # A plain patch-4 ViT of the same width and depth, for comparison.
+    "vit-patch4": Recipe(
+        name="vit-patch4",
+        model=dict(tokenizer="patch", patch_size=4, embed_dim=128, depth=4, num_heads=4,
+                   mlp_ratio=2.0, pool="cls", drop_path_rate=0.1),
+        epochs=30, precision="bf16",
+    ),
+    # Seconds, not minutes: what quick mode and the tests train.
+    "quick": Recipe(
+        name="quick",
+        model=dict(tokenizer="conv", conv_channels=(32, 64), embed_dim=64, depth=2,
+                   num_heads=2, mlp_ratio=2.0, pool="attn", drop_path_rate=0.0),
+        epochs=3, batch_size=128, lr=3e-3, warmup_epochs=0.5, cutout=0, precision="auto",
+    ),
+}
+
+
+def get_recipe(name, **overrides):
+    if name not in RECIPES:
+        raise KeyError(f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    return Recipe(**{**RECIPES[name].to_dict(), **overrides})
+
+
+def build_model(recipe):
+    torch.manual_seed(recipe.seed)
+    return VisionTransformer(ViTConfig(**recipe.model))
+
+
+# --- precision -------------------------------------------------------------------------------
+
+def cpu_supports_bf16():
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision, device):
+    """The dtype that ``torch.autocast`` should use, or None for plain fp32."""
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 autocast is for CUDA; use precision='bf16' or 'fp32' on a CPU")
+        return torch.float16
+    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+
+
+def autocast(dtype, device):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def default_device():
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model, images, batch_size=500, precision="fp32", device=None, flip_tta=False):
+    """Logits (fp32, on the CPU) for uint8 or float images (N, 3, 32, 32).
+
+    ``flip_tta=True`` averages the logits of each image and its mirror image (test-time
+    augmentation); report it beside the plain figure, never instead of it.
+    """
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    dtype = autocast_dtype(precision, device)
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = images[i : i + batch_size]
+        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
+        x = x.to(device)
+        with autocast(dtype, device):
+            logits = model(x).float()
+            if flip_tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits.cpu())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+def evaluate(model, images, labels, precision="fp32", device=None, flip_tta=False):
+    """Return (accuracy, mean cross-entropy) on a labelled set."""
+    logits = predict(model, images, precision=precision, device=device, flip_tta=flip_tta)
+    loss = F.cross_entropy(logits, labels).item()
+    return (logits.argmax(1) == labels).float().mean().item(), loss
+
+
+# --- the schedule ----------------------------------------------------------------------------
+
+def lr_at(step, total_steps, warmup_steps, peak_lr):
+    """Linear warm-up to ``peak_lr``, then a cosine decay to zero."""
+    if step < warmup_steps:
+        return peak_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+def fit(recipe, data, state_path=None, resume=False, device=None, progress=True, model=None):
+    """Train ``recipe`` on ``data`` (a ``leanformer.data.CIFAR10``) and return (model, history).
+
+    With ``state_path``, the training state is written there after every epoch, and
+    ``resume=True`` continues from it, losing at most the epoch that was running.
+    """
+    from tqdm.auto import tqdm
+
+    device = torch.device(device or default_device())
+    model = (model or build_model(recipe)).to(device)
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
+    # Weight decay on matrices only: decaying LayerNorm gains, biases and the position
+    # embedding only hurts.
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay},
+         {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    dtype = autocast_dtype(recipe.precision, device)
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+
+    history, start_epoch = [], 0
+    if resume and state_path and Path(state_path).exists():
+        state = checkpoint.load_state(state_path)
+        if state["recipe"] != recipe.to_dict():
+            raise checkpoint.CheckpointError(
+                f"{state_path} was written by a different recipe; use another --out or drop --resume.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history, start_epoch = state["history"], state["epoch"]
+        if progress:
+            print(f"Resumed from {state_path} after epoch {start_epoch}")
+
+    n_train = len(data.train_labels)
+    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    total_steps = recipe.epochs * steps_per_epoch
+    warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
+
+    for epoch in range(start_epoch, recipe.epochs):
+        model.train()
+        torch.manual_seed(recipe.seed * 100_003 + epoch)  # dropout and drop-path
+        gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)  # order, augmentation
+        seen, loss_sum, correct = 0, 0.0, 0
+        t0 = time.perf_counter()
+        bar = tqdm(batches(data.train_images, data.train_labels, recipe.batch_size, True, gen),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                   disable=not progress, leave=False)
+        for i, (x, y) in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            lr = lr_at(step, total_steps, warmup_steps, recipe.lr)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x = augment(x, gen, recipe.crop_padding, recipe.flip, recipe.cutout).to(device)
+            y = y.to(device)
+            with autocast(dtype, device):
+                logits = model(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += (logits.argmax(1) == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        train_time = time.perf_counter() - t0
+        test_acc, test_loss = evaluate(model, data.test_images, data.test_labels,
+                                       precision=recipe.precision, device=device)
+        history.append(dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen,
+                            test_loss=test_loss, test_acc=test_acc, lr=lr,
+                            images_per_s=seen / train_time, epoch_time_s=time.perf_counter() - t0))
+        if progress:
+            h = history[-1]
+            print(f"epoch {h['epoch']:3d}  train loss {h['train_loss']:.3f} acc {h['train_acc']:.3f}  "
+                  f"test loss {h['test_loss']:.3f} acc {h['test_acc']:.4f}  "
+                  f"{h['images_per_s']:.0f} img/s  {h['epoch_time_s']:.0f} s", flush=True)
+        if state_path:
+            checkpoint.save_state(state_path, dict(
+                model=model.state_dict(), optimizer=optimizer.state_dict(), history=history,
+                epoch=epoch + 1, recipe=recipe.to_dict()))
+    model.eval()
+    return model, history
