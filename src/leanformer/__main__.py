@@ -121,7 +121,13 @@ def main(argv=None):
     p.set_defaults(func=cmd_stamp)
 
     args = parser.parse_args(argv)
-    args.func(args)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+
+    try:
+        args.func(args)
+    except (DataError, CheckpointError) as e:
+        sys.exit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import torch
 from .model import ViTConfig, VisionTransformer
 
 FORMAT = "leanformer-vit/1"
+# The reference model that lesson 03 trains and every compression lesson starts from.
+REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "reference.safetensors"
 
 
 class CheckpointError(RuntimeError):

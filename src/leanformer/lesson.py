@@ -29,10 +29,23 @@ def setup(seed=0):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    _inline_plots()
     use_course_style()
     quick = is_quick()
     print(f"leanformer: {'quick' if quick else 'full'} mode, seed {seed}")
     return quick
+
+
+def _inline_plots():
+    """In a notebook kernel, draw figures into the notebook even when MPLBACKEND=Agg is set
+    (as `make test` and `make notebooks` set it), so that saved outputs keep their plots."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and shell.__class__.__name__ == "ZMQInteractiveShell":
+        shell.run_line_magic("matplotlib", "inline")
 
 
 def glue(name, value):

@@ -41,6 +41,17 @@ def count_flops(model, *inputs, backward=False):
     return counter.get_total_flops(), per_module
 
 
+def confusion_matrix(predictions, labels, num_classes=10):
+    """(true class, predicted class) counts as a (num_classes, num_classes) int64 tensor."""
+    index = labels.long() * num_classes + predictions.long()
+    return torch.bincount(index, minlength=num_classes**2).view(num_classes, num_classes)
+
+
+def per_class_accuracy(confusion):
+    """Recall of each class: the diagonal over the row sums."""
+    return confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+
+
 @dataclass
 class Timing:
     median_ms: float

@@ -261,6 +261,14 @@ class VisionTransformer(nn.Module):
     def forward(self, x):
         return self.head(self.pool(self.forward_features(x)))
 
+    @torch.no_grad()
+    def pool_weights(self, x):
+        """Attention-pooling weights (B, N): how much each token contributes to the prediction.
+        With the conv tokenizer, token i covers one cell of an 8x8 grid over the image."""
+        if self.cfg.pool != "attn":
+            raise ValueError("pool_weights needs a model with pool='attn'")
+        return torch.softmax(self.attn_pool(self.forward_features(x)), dim=1).squeeze(-1)
+
 
 class TextTransformer(nn.Module):
     """Seed 000's text Transformer, repaired: token embedding + position embedding,

@@ -81,3 +81,48 @@ def plot_history(history, title="Training curves"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
+    """Row-normalised confusion matrix: row = true class, column = predicted class."""
+    confusion = np.asarray(confusion, dtype=float)
+    rates = confusion / confusion.sum(1, keepdims=True).clip(min=1)
+    ax = ax or plt.subplots(figsize=(6.4, 5.4))[1]
+    ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(title)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            if rates[i, j] >= 0.01:
+                ax.text(j, i, f"{100 * rates[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if rates[i, j] > 0.5 else "black")
+    return ax
+
+
+def show_token_maps(images, maps, titles=None, suptitle=None, scale=1.6):
+    """Each image beside a square token-weight map (e.g. attention pooling over 8x8 tokens),
+    drawn over the image."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = (np.clip(images, 0, 1) * 255).astype(np.uint8)
+    maps = np.asarray(maps, dtype=float)
+    n, side = len(images), int(round(maps.shape[1] ** 0.5))
+    fig, axes = plt.subplots(2, n, figsize=(n * scale, 2.3 * scale), squeeze=False)
+    for i in range(n):
+        img = images[i].transpose(1, 2, 0)
+        axes[0, i].imshow(img, interpolation="nearest")
+        axes[1, i].imshow(img, interpolation="nearest")
+        axes[1, i].imshow(maps[i].reshape(side, side), cmap="inferno", alpha=0.6,
+                          extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
+                          interpolation="bilinear")
+        for ax in axes[:, i]:
+            ax.axis("off")
+        if titles is not None:
+            axes[0, i].set_title(titles[i], fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig

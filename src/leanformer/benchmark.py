@@ -1,0 +1,119 @@
+"""Training throughput of the reference model against a naive model of the same shape.
+
+    python -m leanformer.benchmark [--steps 20] [--batch-size 128] [--json PATH]
+
+The naive model has the same tokenizer, width, depth, heads, MLP width and pooling, so both do
+the same arithmetic per image; it is assembled the obvious way, from ``nn.TransformerEncoder``
+with default memory layout. The difference in images per second is therefore the price of
+implementation choices alone: the course's attention kernel and channels-last convolutions.
+This is a benchmark that prints figures, not a test; run it on an otherwise idle machine.
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .measure import count_flops, machine_info
+from .train import autocast, build_model, get_recipe
+
+
+class NaiveTransformer(nn.Module):
+    """The reference architecture, built from stock PyTorch layers."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        D = cfg.embed_dim
+        layers, c_in = [], cfg.in_chans
+        for c_out in cfg.conv_channels:
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(),
+                       nn.MaxPool2d(3, 2, 1)]
+            c_in = c_out
+        self.tokenizer = nn.Sequential(*layers)
+        n = (cfg.img_size // 2 ** len(cfg.conv_channels)) ** 2
+        self.pos_embed = nn.Parameter(torch.zeros(1, n, D))
+        layer = nn.TransformerEncoderLayer(D, cfg.num_heads, int(D * cfg.mlp_ratio), dropout=0.0,
+                                           activation="gelu", batch_first=True, norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(D)
+        self.attn_pool = nn.Linear(D, 1)
+        self.head = nn.Linear(D, cfg.num_classes)
+
+    def forward(self, x):
+        x = self.tokenizer(x).flatten(2).transpose(1, 2) + self.pos_embed
+        x = self.norm(self.encoder(x))
+        w = torch.softmax(self.attn_pool(x), dim=1)
+        return self.head((w * x).sum(1))
+
+
+def train_throughput(model, dtype, batch_size, steps, warmup=3):
+    """Images per second of full training steps (forward, backward, AdamW) on random data."""
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.rand(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
+    for i in range(warmup + steps):
+        if i == warmup:
+            t0 = time.perf_counter()
+        with autocast(dtype, "cpu"):
+            loss = F.cross_entropy(model(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return batch_size * steps / (time.perf_counter() - t0)
+
+
+def matmul_gflops(dtype, n=2048, repeats=5):
+    """What this machine reaches on one large matrix multiply: a practical ceiling."""
+    a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m leanformer.benchmark", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--json", help="also write the figures to this JSON file")
+    args = parser.parse_args(argv)
+
+    recipe = get_recipe("reference")
+    ours = build_model(recipe)
+    naive = NaiveTransformer(ours.cfg)
+    n_ours = sum(p.numel() for p in ours.parameters())
+    n_naive = sum(p.numel() for p in naive.parameters())
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    flops_per_image, _ = count_flops(ours, x, backward=True)
+
+    print(f"machine: {machine_info()}")
+    print(f"reference model: {n_ours:,} parameters; naive model: {n_naive:,} parameters")
+    print(f"training FLOPs per image (forward + backward): {flops_per_image / 1e6:.1f} MFLOP")
+    print(f"batch {args.batch_size}, {args.steps} timed steps after 3 warm-up steps\n")
+    rows = []
+    ceilings = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    print("ceiling (2048x2048 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceilings.items()))
+    print(f"{'model':<12}{'precision':<11}{'images/s':>10}{'GFLOP/s':>10}{'of ceiling':>12}{'vs naive':>10}")
+    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        naive_ips = train_throughput(naive, dtype, args.batch_size, args.steps)
+        ours_ips = train_throughput(ours, dtype, args.batch_size, args.steps)
+        for name, ips in (("naive", naive_ips), ("reference", ours_ips)):
+            gflops = ips * flops_per_image / 1e9
+            row = dict(model=name, precision=precision, images_per_s=ips, gflops_per_s=gflops,
+                       fraction_of_ceiling=gflops / ceilings[precision],
+                       speedup_vs_naive=ips / naive_ips)
+            rows.append(row)
+            print(f"{name:<12}{precision:<11}{ips:>10.0f}{gflops:>10.1f}"
+                  f"{row['fraction_of_ceiling']:>11.0%} {row['speedup_vs_naive']:>9.2f}x")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=machine_info(), flops_per_image=flops_per_image, ceilings=ceilings,
+                           batch_size=args.batch_size, rows=rows), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

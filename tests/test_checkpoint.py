@@ -1,0 +1,91 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from leanformer import checkpoint, load_model
+from leanformer.checkpoint import CheckpointError, atomic_write, save_model
+from leanformer.model import ViTConfig, VisionTransformer
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
+                                       depth=1, num_heads=2)).eval()
+
+
+def test_round_trip_gives_the_same_logits_in_eval_mode(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "m.safetensors"
+    sha = save_model(model, path, provenance={"test_acc": 0.5})
+    loaded = load_model(path)
+    assert not loaded.training
+    assert loaded.cfg == model.cfg and loaded.provenance == {"test_acc": 0.5}
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+    assert checkpoint.weights_sha256(loaded.state_dict()) == sha
+
+
+def test_tampered_weights_are_refused(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(), path)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x01  # flip one bit inside the last tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_model(path)
+
+
+def test_not_a_model_file(tmp_path):
+    bad = tmp_path / "junk.safetensors"
+    bad.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match="not a readable .safetensors"):
+        load_model(bad)
+    with pytest.raises(CheckpointError, match="No model file"):
+        load_model(tmp_path / "missing.safetensors")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "state.pt"
+    path.write_text("old")
+
+    def crash(tmp):
+        tmp.write_text("half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, crash)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left
+
+
+def test_training_state_loads_without_unpickling_code(tmp_path):
+    path = tmp_path / "evil.pt"
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("code ran",))
+
+    torch.save({"x": Evil()}, path)
+    with pytest.raises(CheckpointError, match="Cannot resume"):
+        checkpoint.load_state(path)
+
+
+def test_cli_evaluate_reports_accuracy_and_source_as_json(tmp_path):
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(), path)
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout[out.stdout.index("{"):])
+    assert result["test_images"] == 10000 and "shipped subset" in result["data_source"]
+    assert 0.0 <= result["test_acc"] <= 1.0
+
+
+def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "No model file" in out.stderr and "Traceback" not in out.stderr
