@@ -25,8 +25,7 @@ book: $(INSTALLED)
 
 ## Re-execute every lesson in place, top to bottom in quick mode, to refresh its outputs.
 notebooks: $(INSTALLED)
-	$(PY) -m leanformer stamp-notebooks
-	for nb in notebooks/[0-9]*.ipynb; do $(TEST_ENV) $(VENV)/bin/jupyter-execute --inplace "$$nb" || exit 1; done
+	$(TEST_ENV) $(PY) -m leanformer execute-notebooks notebooks/[0-9]*.ipynb
 
 ## Rewrite the Colab badges and set-up cells from _config.yml.
 stamp: $(INSTALLED)

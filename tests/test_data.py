@@ -167,3 +167,19 @@ def test_batches_cover_every_image_once(subset):
     seen = torch.cat([y for _, y in D.batches(subset.train_images, subset.train_labels, 512, True,
                                               torch.Generator().manual_seed(0))])
     assert torch.equal(seen.sort().values, subset.train_labels.sort().values)
+
+
+def test_an_incomplete_batches_folder_is_refused(tmp_path, tmp_cache):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    (folder / "data_batch_1").write_bytes(b"junk")
+    with pytest.raises(DataError, match="not a complete cifar-10-batches-py folder"):
+        load_cifar10(folder)
+    assert no_cache_written(tmp_cache)
+
+
+def test_a_file_that_is_not_an_archive_is_refused(tmp_path, tmp_cache):
+    f = tmp_path / "images.zip"
+    f.write_bytes(b"PK")
+    with pytest.raises(DataError, match="not a .tar.gz archive"):
+        load_cifar10(f)

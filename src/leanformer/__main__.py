@@ -90,6 +90,16 @@ def cmd_stamp(args):
         sys.exit("Colab badges or set-up cells differ from _config.yml; run `make stamp`.")
 
 
+def cmd_execute(args):
+    from .lesson import execute_notebook, stamp_notebooks
+
+    stamp_notebooks(".")
+    for path in args.notebooks:
+        t0 = time.perf_counter()
+        execute_notebook(path)
+        print(f"executed {path} in {time.perf_counter() - t0:.0f} s")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m leanformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -119,6 +129,10 @@ def main(argv=None):
     p = sub.add_parser("stamp-notebooks", help="write Colab badges and set-up cells from _config.yml")
     p.add_argument("--check", action="store_true", help="only report notebooks that are out of date")
     p.set_defaults(func=cmd_stamp)
+
+    p = sub.add_parser("execute-notebooks", help="stamp, then run notebooks in place, keeping outputs")
+    p.add_argument("notebooks", nargs="+")
+    p.set_defaults(func=cmd_execute)
 
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError

@@ -10,6 +10,7 @@ written for a reader with a GPU or time to spare. Choose it with the environment
 """
 import os
 import random
+from pathlib import Path
 
 
 def is_quick():
@@ -69,6 +70,21 @@ def show_source(obj):
     display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
 
 
+def show_table(rows, headers):
+    """Display ``rows`` (a list of tuples) under ``headers`` as a Markdown table. Integers get
+    thousands separators; anything else is shown as ``str(value)``, so format floats first.
+    The first column is left-aligned and the others right-aligned, as numbers read best."""
+    from IPython.display import Markdown, display
+
+    def cell(value):
+        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    display(Markdown("\n".join(lines)))
+
+
 # --- keeping every lesson's Colab badge and set-up cell in step with _config.yml -------------
 
 COLAB_CELL = '''\
@@ -125,3 +141,15 @@ def stamp_notebooks(root=".", check=False):
                 nb["cells"] = new
                 path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return changed
+
+
+def execute_notebook(path, timeout=900):
+    """Run a notebook top to bottom in place, keeping its outputs. Progress-bar updates
+    (carriage returns) are collapsed, so a saved output holds the final line, not every frame."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
+                   resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    nbformat.write(nb, path)

@@ -168,7 +168,8 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
     With ``state_path``, the training state is written there after every epoch, and
     ``resume=True`` continues from it, losing at most the epoch that was running.
     """
-    from tqdm.auto import tqdm
+    # Plain tqdm draws a text bar in a terminal and in a notebook alike, and needs no widgets.
+    from tqdm import tqdm
 
     device = torch.device(device or default_device())
     model = (model or build_model(recipe)).to(device)
