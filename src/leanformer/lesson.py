@@ -111,15 +111,13 @@ def stamp_notebooks(root=".", check=False):
     """Write the Colab badge (first cell) and the Colab set-up cell (second cell, tagged
     ``colab-setup``) of every notebook from _config.yml. Returns the notebooks that changed
     (or, with ``check=True``, that would change)."""
-    import json
-    import re
-    from pathlib import Path
+    import nbformat
 
     root = Path(root)
     url, branch = repository(root / "_config.yml")
     changed = []
     for path in sorted((root / "notebooks").glob("[0-9]*.ipynb")):
-        nb = json.loads(path.read_text(encoding="utf-8"))
+        nb = nbformat.read(path, as_version=4)
         cells = nb["cells"]
         link = (url.replace("https://github.com/", "https://colab.research.google.com/github/")
                 + f"/blob/{branch}/notebooks/{path.name}")
@@ -128,18 +126,21 @@ def stamp_notebooks(root=".", check=False):
         while rest and not rest[0].strip():
             rest.pop(0)
         title_src = "\n".join([lines[0], "", BADGE.format(link=link), ""] + rest)
-        setup = {"cell_type": "code", "execution_count": None, "id": "colab-setup",
-                 "metadata": {"tags": ["colab-setup", "hide-cell"]}, "outputs": [],
-                 "source": COLAB_CELL.format(url=url + ".git")}
+        setup_src = COLAB_CELL.format(url=url + ".git")
+        tags = ["colab-setup", "hide-cell"]
         has_setup = len(cells) > 1 and "colab-setup" in cells[1].get("metadata", {}).get("tags", [])
-        new = [dict(cells[0], source=title_src)]
-        new.append(dict(cells[1], source=setup["source"], metadata=setup["metadata"]) if has_setup else setup)
-        new += cells[2:] if has_setup else cells[1:]
-        if new != cells:
-            changed.append(path)
-            if not check:
-                nb["cells"] = new
-                path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        if (cells[0]["source"] == title_src and has_setup and cells[1]["source"] == setup_src
+                and cells[1]["metadata"].get("tags") == tags):
+            continue
+        changed.append(path)
+        if check:
+            continue
+        cells[0]["source"] = title_src
+        if not has_setup:
+            cells.insert(1, nbformat.v4.new_code_cell(setup_src))
+        cells[1]["source"] = setup_src
+        cells[1]["metadata"]["tags"] = tags
+        nbformat.write(nb, path)
     return changed
 
 
