@@ -14,11 +14,12 @@ from pathlib import Path
 
 import torch
 
+from .data import REPO_ROOT
 from .model import ViTConfig, VisionTransformer
 
 FORMAT = "leanformer-vit/1"
 # The reference model that lesson 03 trains and every compression lesson starts from.
-REFERENCE = Path(__file__).resolve().parents[2] / "checkpoints" / "reference.safetensors"
+REFERENCE = REPO_ROOT / "checkpoints" / "reference.safetensors"
 
 
 class CheckpointError(RuntimeError):

@@ -51,8 +51,8 @@ class ConvTokenizer(nn.Module):
                 nn.MaxPool2d(kernel_size=3, stride=2, padding=1),
             ]
             c_in = c_out
-        # channels_last lets oneDNN pick its fast convolution and pooling kernels on a CPU
-        # (measured 1.3x faster training for the reference model by scripts/benchmark.py).
+        # channels_last lets oneDNN pick its fast convolution and pooling kernels on a CPU;
+        # `python -m leanformer.benchmark` measures the whole model against a naive build.
         self.stages = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.num_patches = (img_size // 2 ** len(channels)) ** 2
 
@@ -66,7 +66,7 @@ class Attention(nn.Module):
 
     By default it runs the course's own ``scaled_dot_product_attention``. With 64 tokens that
     is faster on a CPU than PyTorch's fused kernel, whose bf16 backward pass is slow there
-    (see scripts/benchmark.py). ``fused=True`` switches to the fused kernel, the better choice
+    (`python -m leanformer.benchmark`). ``fused=True`` switches to the fused kernel, the better choice
     on a GPU or for long sequences. ``keep_weights=True`` stores the attention weights in
     ``self.weights`` for plots.
     """

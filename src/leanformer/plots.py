@@ -9,6 +9,12 @@ from matplotlib import font_manager
 FONT_PATH = Path(__file__).parent / "fonts" / "NotoSansSC-course-subset.otf"
 
 
+def _as_uint8(images):
+    """uint8 images stay as they are; float images in [0, 1] become uint8."""
+    images = np.asarray(images)
+    return images if images.dtype == np.uint8 else (np.clip(images, 0, 1) * 255).astype(np.uint8)
+
+
 def use_course_style():
     """Register the shipped CJK font as a fallback and set the book's figure defaults."""
     font_manager.fontManager.addfont(str(FONT_PATH))
@@ -45,9 +51,7 @@ def attention_heatmap(weights, query_labels, key_labels, ax=None, title="Attenti
 
 def show_images(images, titles=None, ncols=8, scale=1.1, suptitle=None):
     """Show a grid of (N, 3, H, W) images (uint8, or float in [0, 1])."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        images = (np.clip(images, 0, 1) * 255).astype(np.uint8)
+    images = _as_uint8(images)
     n = len(images)
     nrows = (n + ncols - 1) // ncols
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * scale, nrows * scale * 1.15),
@@ -105,9 +109,7 @@ def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
 def show_token_maps(images, maps, titles=None, suptitle=None, scale=1.6):
     """Each image beside a square token-weight map (e.g. attention pooling over 8x8 tokens),
     drawn over the image."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8:
-        images = (np.clip(images, 0, 1) * 255).astype(np.uint8)
+    images = _as_uint8(images)
     maps = np.asarray(maps, dtype=float)
     n, side = len(images), int(round(maps.shape[1] ** 0.5))
     fig, axes = plt.subplots(2, n, figsize=(n * scale, 2.3 * scale), squeeze=False)
