@@ -35,7 +35,7 @@ stamp: $(INSTALLED)
 benchmark: $(INSTALLED)
 	$(PY) -m leanformer.benchmark
 
-## Retrain the reference checkpoint (about 100 minutes on 2 CPU cores; resumable).
+## Retrain the reference checkpoint (over two hours on 2 CPU cores; resumable; see checkpoints/README.md).
 reference: $(INSTALLED)
 	$(PY) -m leanformer train --recipe reference --data $(DATA) --out checkpoints --resume
 

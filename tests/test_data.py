@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from leanformer import data as D
-from leanformer.data import CLASSES, DataError, augment, load_cifar10
+from leanformer.data import CLASSES, DataError, augment, load_cifar10, mix
 
 
 def jpeg_bytes(seed):
@@ -161,6 +161,25 @@ def test_augment_crops_and_flips_without_inventing_pixels():
     same = (flipped == x).flatten(1).all(1)
     mirrored = (flipped == x.flip(3)).flatten(1).all(1)
     assert torch.all(same | mirrored) and same.any() and mirrored.any()
+
+
+def test_mix_blends_or_pastes_and_reports_the_share():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
+    assert mix(x, y, g, prob=0.0) == (x, y, y, 1.0)
+    kinds = set()
+    for _ in range(40):
+        xm, ya, yb, lam = mix(x, y, g, prob=1.0)
+        assert torch.equal(ya, y) and torch.equal(yb, y.flip(0)) and 0.0 <= lam <= 1.0
+        from_x = (xm == x).flatten(1).float().mean(1)
+        from_other = (xm == x.flip(0)).flatten(1).float().mean(1)
+        if torch.allclose(xm, lam * x + (1 - lam) * x.flip(0)) and 0 < lam < 1:
+            kinds.add("mixup")
+        else:  # CutMix: every pixel comes from one of the two images, lam of them from x
+            assert torch.all(from_x + from_other == 1.0)
+            assert torch.allclose(from_x, torch.full_like(from_x, lam))
+            kinds.add("cutmix")
+    assert kinds == {"mixup", "cutmix"}
 
 
 def test_batches_cover_every_image_once(subset):

@@ -40,7 +40,7 @@ def test_same_seed_same_history(subset):
 
 def test_resume_after_a_kill_continues_exactly(subset, tmp_path, monkeypatch):
     data = small(subset)
-    recipe = get_recipe("quick", epochs=3)
+    recipe = get_recipe("quick", epochs=3, mix_prob=0.5)  # mixing must resume exactly too
     _, uninterrupted = fit(recipe, data, progress=False)
 
     state = tmp_path / "quick.last.pt"

@@ -322,6 +322,49 @@ def augment(x, generator=None, padding=4, flip=True, cutout=0):
     return x.contiguous()
 
 
+def mixup(x, x_other, lam):
+    """Blend two batches pixel by pixel: ``lam * x + (1 - lam) * x_other``."""
+    return lam * x + (1 - lam) * x_other
+
+
+def cutmix(x, x_other, lam, rng):
+    """Paste a random box from ``x_other`` into ``x``, covering about ``1 - lam`` of the image.
+
+    Returns the images and the exact share of pixels still from ``x`` (the box is rounded to
+    whole pixels). ``rng`` is a ``random.Random``.
+    """
+    H, W = x.shape[-2:]
+    h, w = round(H * (1 - lam) ** 0.5), round(W * (1 - lam) ** 0.5)
+    top, left = rng.randint(0, H - h), rng.randint(0, W - w)
+    x = x.clone()
+    x[..., top : top + h, left : left + w] = x_other[..., top : top + h, left : left + w]
+    return x, 1 - h * w / (H * W)
+
+
+def mix(x, y, generator=None, prob=0.5, mixup_alpha=0.8, cutmix_alpha=1.0):
+    """Mixup or CutMix on a batch: returns ``(x, y, y_other, lam)``.
+
+    With probability ``prob`` the batch is mixed with itself in reverse order, half of the time
+    by ``mixup`` and half by ``cutmix``, with ``lam`` drawn from a Beta distribution. ``lam`` is
+    the share of the loss that belongs to ``y``: train with
+    ``lam * CE(logits, y) + (1 - lam) * CE(logits, y_other)``. An unmixed batch comes back with
+    ``lam = 1.0``. As in DeiT and timm, one ``lam`` serves the whole batch.
+    """
+    import random
+
+    # The Beta draws need a seeded source too; derive one from the caller's generator so that a
+    # resumed run mixes exactly as an uninterrupted one.
+    rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    if rng.random() >= prob:
+        return x, y, y, 1.0
+    x_other, y_other = x.flip(0), y.flip(0)
+    if rng.random() < 0.5:
+        lam = rng.betavariate(mixup_alpha, mixup_alpha)
+        return mixup(x, x_other, lam), y, y_other, lam
+    x, lam = cutmix(x, x_other, rng.betavariate(cutmix_alpha, cutmix_alpha), rng)
+    return x, y, y_other, lam
+
+
 # --- the shipped subset ----------------------------------------------------------------------
 
 def make_subset(source, dest, per_class=500, seed=0):
