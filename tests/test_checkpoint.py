@@ -29,6 +29,18 @@ def test_round_trip_gives_the_same_logits_in_eval_mode(tmp_path):
     assert checkpoint.weights_sha256(loaded.state_dict()) == sha
 
 
+def test_saved_checkpoints_get_the_usual_file_permissions(tmp_path):
+    # safetensors creates owner-only files; a checkpoint shared on a machine must stay readable.
+    import os
+    umask = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        save_model(tiny_model(), path)
+        assert path.stat().st_mode & 0o777 == 0o644
+    finally:
+        os.umask(umask)
+
+
 def test_tampered_weights_are_refused(tmp_path):
     path = tmp_path / "m.safetensors"
     save_model(tiny_model(), path)

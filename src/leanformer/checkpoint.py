@@ -33,6 +33,11 @@ def atomic_write(path, write):
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
+        # Some writers (safetensors among them) create owner-only files; give the result the
+        # permissions any new file would get, so that a shared checkpoint stays readable.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
