@@ -35,7 +35,7 @@ stamp: $(INSTALLED)
 benchmark: $(INSTALLED)
 	$(PY) -m leanformer.benchmark
 
-## Retrain the reference checkpoint (over two hours on 2 CPU cores; resumable; see checkpoints/README.md).
+## Retrain the reference checkpoint (close to three hours on 2 CPU cores; resumable; see checkpoints/README.md).
 reference: $(INSTALLED)
 	$(PY) -m leanformer train --recipe reference --data $(DATA) --out checkpoints --resume
 

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from leanformer import data as D
-from leanformer.data import CLASSES, DataError, augment, load_cifar10, mix
+from leanformer.data import CLASSES, DataError, augment, auto_augment, load_cifar10, mix
 
 
 def jpeg_bytes(seed):
@@ -180,6 +180,21 @@ def test_mix_blends_or_pastes_and_reports_the_share():
             assert torch.allclose(from_x, torch.full_like(from_x, lam))
             kinds.add("cutmix")
     assert kinds == {"mixup", "cutmix"}
+
+
+def test_auto_augment_edits_each_group_its_own_way_and_repeats_under_a_seed():
+    x = torch.rand(1, 3, 32, 32).expand(64, 3, 32, 32).contiguous()  # one image, 64 times
+    torch.manual_seed(0)
+    y = auto_augment(x, "cifar10", group=8)
+    assert y.shape == x.shape and y.dtype == x.dtype and 0.0 <= y.min() and y.max() <= 1.0
+    groups = y.view(8, 8, -1)
+    assert torch.all(groups == groups[:, :1])  # a group shares one sub-policy...
+    distinct = {tuple(g[0].tolist()) for g in groups}
+    assert len(distinct) > 1 and not torch.equal(y, x)  # ...and groups draw their own
+    torch.manual_seed(0)
+    assert torch.equal(auto_augment(x, "cifar10", group=8), y)
+    with pytest.raises(ValueError, match="must be one of cifar10"):
+        auto_augment(x, "bogus")
 
 
 def test_batches_cover_every_image_once(subset):

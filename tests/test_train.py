@@ -40,7 +40,8 @@ def test_same_seed_same_history(subset):
 
 def test_resume_after_a_kill_continues_exactly(subset, tmp_path, monkeypatch):
     data = small(subset)
-    recipe = get_recipe("quick", epochs=3, mix_prob=0.5)  # mixing must resume exactly too
+    recipe = get_recipe("quick", epochs=3, mix_prob=0.5, auto_augment="cifar10")
+    # mixing and AutoAugment draw random numbers too, and must resume exactly as well
     _, uninterrupted = fit(recipe, data, progress=False)
 
     state = tmp_path / "quick.last.pt"
@@ -93,3 +94,39 @@ def test_precision_choices():
 def test_unknown_recipe_lists_the_known_ones():
     with pytest.raises(KeyError, match="reference"):
         get_recipe("nope")
+
+
+def test_fit_applies_auto_augment_and_refuses_an_unknown_policy(subset, monkeypatch):
+    import leanformer.train as train
+    data = small(subset, 256, 100)
+    calls = []
+    real = train.auto_augment
+    monkeypatch.setattr(train, "auto_augment", lambda x, policy: calls.append(policy) or real(x, policy))
+    fit(get_recipe("quick", epochs=1, auto_augment="cifar10"), data, progress=False)
+    assert calls == ["cifar10"] * 2  # 256 images: two batches of 128
+    calls.clear()
+    fit(get_recipe("quick", epochs=1), data, progress=False)
+    assert calls == []
+    with pytest.raises(ValueError, match="auto_augment must be"):
+        fit(get_recipe("quick", epochs=1, auto_augment="CIFAR10"), data, progress=False)
+
+
+@pytest.mark.parametrize("path", sorted((checkpoint.REPO_ROOT / "checkpoints").rglob("*.json")),
+                         ids=lambda p: p.stem)
+def test_shipped_provenance_matches_the_recipe_of_its_name(path):
+    """A checkpoint's recorded recipe is what ``get_recipe(file name)`` holds today; fields added
+    to ``Recipe`` after the checkpoint was made are missing from its record and must be off."""
+    import json
+    from dataclasses import fields
+    from leanformer.train import Recipe
+
+    recorded = json.loads(path.read_text())["recipe"]
+    expected = json.loads(json.dumps(get_recipe(path.stem).to_dict()))  # tuples become lists
+    defaults = {f.name: f.default for f in fields(Recipe) if f.name not in ("name", "model")}
+    for key, value in expected.items():
+        if key == "name":
+            continue
+        if key in recorded:
+            assert recorded[key] == value, (path.name, key)
+        else:
+            assert value == defaults[key], f"{path.name} predates {key!r}, which must be off"

@@ -322,6 +322,34 @@ def augment(x, generator=None, padding=4, flip=True, cutout=0):
     return x.contiguous()
 
 
+AUTO_AUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
+
+
+def check_auto_augment_policy(policy):
+    """Raise a clear error for a policy name torchvision does not ship."""
+    if policy not in AUTO_AUGMENT_POLICIES:
+        raise ValueError(f"auto_augment must be one of {', '.join(AUTO_AUGMENT_POLICIES)} "
+                         f"('' in a recipe turns it off), got {policy!r}")
+
+
+def auto_augment(x, policy="cifar10", group=8):
+    """AutoAugment (Cubuk et al., 2019) on a float batch in [0, 1], with a learned policy.
+
+    A policy is a list of 25 sub-policies, each two image operations (rotate, shear, posterize,
+    colour, contrast, ...) with a probability and a strength apiece, found by search on a proxy
+    task; torchvision ships the CIFAR-10 one. Each call applies one random sub-policy to the whole
+    tensor, so calling it once per batch would give every image the same edit. A call per image
+    would mean one Python call per image; each group of ``group`` images draws its own instead, at
+    the price of less variety within a group. The draws come from torch's global generator, which
+    ``fit`` seeds every epoch.
+    """
+    from torchvision.transforms import v2
+
+    check_auto_augment_policy(policy)
+    transform = v2.AutoAugment(v2.AutoAugmentPolicy(policy))
+    return torch.cat([transform(chunk) for chunk in x.split(group)])
+
+
 def mixup(x, x_other, lam):
     """Blend two batches pixel by pixel: ``lam * x + (1 - lam) * x_other``."""
     return lam * x + (1 - lam) * x_other
