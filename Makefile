@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 # Tests and CI: quick mode, and never reach for the network (the shipped subset is used).
 TEST_ENV := LEANFORMER_MODE=quick LEANFORMER_OFFLINE=1 MPLBACKEND=Agg
 
-.PHONY: test book notebooks stamp benchmark reference clean
+.PHONY: test book lab notebooks stamp benchmark reference clean
 
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,12 +16,20 @@ $(INSTALLED): requirements.txt pyproject.toml
 	touch $(INSTALLED)
 
 ## Unit tests, then every lesson under nbval (each cell must run; checked cells must match).
+# Two xdist workers share the machine's two cores, so each worker's torch gets one thread.
+# With two threads per worker, four threads fight over two cores: on a 2-core Xeon that made the
+# suite take 451-554 s instead of 219 s. --durations lists the slowest tests, to see where the
+# time goes as lessons are added.
 test: $(INSTALLED)
-	$(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env
+	OMP_NUM_THREADS=1 $(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env --durations=15
 
 ## The static book in _build/html, warnings as errors. Notebooks are not re-executed.
 book: $(INSTALLED)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
+
+## Open the lessons in JupyterLab, from the same venv.
+lab: $(INSTALLED)
+	$(VENV)/bin/jupyter lab notebooks/
 
 ## Re-execute every lesson in place, top to bottom in quick mode, to refresh its outputs.
 notebooks: $(INSTALLED)

@@ -101,3 +101,55 @@ def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
                          capture_output=True, text=True)
     assert out.returncode != 0
     assert "No model file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_model_with_uneven_blocks_round_trips(tmp_path):
+    torch.manual_seed(0)
+    cfg = ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32, depth=3, num_heads=4,
+                    block_widths=((4, 64), (2, 37), (3, 5)))
+    model = VisionTransformer(cfg).eval()
+    path = tmp_path / "pruned.safetensors"
+    sha = save_model(model, path)
+    loaded = load_model(path)
+    assert loaded.cfg.widths() == [(4, 64), (2, 37), (3, 5)] and loaded.weights_sha256 == sha
+    assert loaded.blocks[1].mlp.fc2.weight.shape == (32, 37)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_shipped_checkpoints_load_unchanged():
+    for path in sorted((checkpoint.REPO_ROOT / "checkpoints").rglob("*.safetensors")):
+        model = load_model(path)
+        assert model.cfg.block_widths == () and model.cfg.widths() == [(4, 256)] * 4, path
+
+
+def test_weights_that_do_not_fit_the_config_give_one_clear_error(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(), path)
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:  # keep the metadata, cut one tensor
+        metadata = f.metadata()
+    state = load_file(str(path))
+    state["blocks.0.mlp.fc1.weight"] = state["blocks.0.mlp.fc1.weight"][:10].contiguous()
+    state["blocks.0.mlp.fc1.bias"] = state["blocks.0.mlp.fc1.bias"][:10].contiguous()
+    metadata["sha256"] = checkpoint.weights_sha256(state)  # a consistent file of the wrong shape
+    save_file(state, str(path), metadata=metadata)
+    with pytest.raises(CheckpointError, match="do not match the model its config describes") as e:
+        load_model(path)
+    assert "blocks.0.mlp.fc1.weight" in str(e.value) and "\n" not in str(e.value)
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path)],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "blocks.0.mlp.fc1.weight" in out.stderr
+
+
+def test_cli_names_the_recipes_when_one_is_unknown(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "refrence",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "unknown recipe 'refrence'" in out.stderr and "reference" in out.stderr

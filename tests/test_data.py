@@ -217,3 +217,23 @@ def test_a_file_that_is_not_an_archive_is_refused(tmp_path, tmp_cache):
     f.write_bytes(b"PK")
     with pytest.raises(DataError, match="not a .tar.gz archive"):
         load_cifar10(f)
+
+
+def test_quick_mode_never_downloads_and_uses_the_shipped_subset(tmp_cache, monkeypatch):
+    monkeypatch.setenv("LEANFORMER_MODE", "quick")
+    monkeypatch.delenv("LEANFORMER_OFFLINE", raising=False)  # the network would be allowed
+    monkeypatch.setattr(D, "_online", lambda *a, **k: pytest.fail("quick mode asked the network"))
+    # Even a torchvision copy in the cache is passed over: quick mode means the same 5,000 images.
+    (tmp_cache / "torchvision" / "cifar-10-batches-py").mkdir(parents=True)
+    data = load_cifar10(verbose=False)
+    assert "shipped subset" in data.source and len(data.train_labels) == 5000
+    assert data.pixels == "jpeg-q75" and "JPEG (quality 75) copy" in data.test_set
+
+
+def test_full_mode_looks_for_the_official_download(tmp_cache, monkeypatch):
+    monkeypatch.setenv("LEANFORMER_MODE", "full")
+    monkeypatch.delenv("LEANFORMER_OFFLINE", raising=False)
+    asked = []
+    monkeypatch.setattr(D, "_online", lambda *a, **k: asked.append(1) or False)
+    data = load_cifar10(verbose=False)
+    assert asked == [1] and "shipped subset" in data.source  # offline: falls back to the subset

@@ -37,3 +37,79 @@ def test_latency_reports_median_of_repeats():
     t = inference_latency(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), batch_size=2,
                           repeats=3)
     assert t.batch_size == 2 and t.median_ms > 0
+
+
+def tiny_vit(**widths):
+    from leanformer.model import ViTConfig, VisionTransformer
+
+    torch.manual_seed(0)
+    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
+                                       depth=2, num_heads=4, **widths)).eval()
+
+
+def test_components_add_up_and_follow_the_formula():
+    from leanformer.measure import attention_flops, component_costs, mlp_flops
+
+    model = tiny_vit(block_widths=((4, 64), (2, 37)))
+    df = component_costs(model)
+    assert list(df.component) == ["tokenizer", "block 0 attention", "block 0 MLP",
+                                  "block 1 attention", "block 1 MLP", "head"]
+    assert df.parameters.sum() == count_parameters(model)
+    assert df.flops.sum() == count_flops(model, torch.zeros(1, 3, 32, 32))[0]
+    flops = dict(zip(df.component, df.flops))
+    assert flops["block 1 attention"] == attention_flops(64, 32, 2, 8)
+    assert flops["block 1 MLP"] == mlp_flops(64, 32, 37)
+    # Removing two of four heads halves every term of the attention's cost.
+    assert 2 * flops["block 1 attention"] == flops["block 0 attention"]
+
+
+def test_measure_costs_times_models_side_by_side(subset):
+    from leanformer.data import CIFAR10
+    from leanformer.measure import Cost, cost_table, measure_costs
+
+    data = CIFAR10(subset.train_images[:10], subset.train_labels[:10], subset.test_images[:200],
+                   subset.test_labels[:200], subset.source)
+    big, small = tiny_vit(), tiny_vit(block_widths=((1, 8), (1, 8)))
+    costs = measure_costs({"big": big, "small": small}, data, batch_size=32, rounds=2,
+                          latency_calls=3, throughput_calls=2, warmup=1,
+                          test_acc={"small": 0.5})
+    assert [c.name for c in costs] == ["big", "small"] and all(isinstance(c, Cost) for c in costs)
+    b, s = costs
+    assert b.parameters == count_parameters(big) and s.parameters < b.parameters
+    assert b.flops == count_flops(big, torch.zeros(1, 3, 32, 32))[0] and s.flops < b.flops
+    assert s.test_acc == 0.5 and 0.0 <= b.test_acc <= 1.0 and b.test_images == 200
+    assert b.latency_ms.n == 6 and b.throughput.n == 4
+    assert b.latency_ms.min <= b.latency_ms.q1 <= b.latency_ms.median <= b.latency_ms.q3 <= b.latency_ms.max
+    assert b.file_format == "safetensors" and 4 * b.parameters < b.file_bytes < 4 * b.parameters + 8192
+    assert b.machine and b.threads == torch.get_num_threads()
+    table = cost_table(costs, baseline="big")
+    assert list(table.index) == ["big", "small"] and table.loc["big", "throughput vs big"] == 1.0
+
+
+def test_a_quantized_model_shows_why_its_flops_are_missing():
+    from leanformer.measure import measure_cost
+
+    quantize = getattr(getattr(torch, "ao", None), "quantization", None)
+    if quantize is None or not hasattr(quantize, "quantize_dynamic"):
+        import pytest
+        pytest.skip("this PyTorch has no legacy quantize_dynamic")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        q = quantize.quantize_dynamic(tiny_vit(), {nn.Linear}, dtype=torch.qint8)
+    cost = measure_cost(q, name="int8", precision="int8", batch_size=8, rounds=1,
+                        latency_calls=1, throughput_calls=1, warmup=1)
+    assert cost.flops is None and "quantized" in cost.notes["flops"]
+    assert cost.precision == "int8" and cost.file_bytes > 0
+
+
+def test_training_cost_comes_from_the_provenance():
+    from leanformer.checkpoint import REFERENCE
+    from leanformer import load_model
+    from leanformer.measure import training_cost
+
+    prov = load_model(REFERENCE).provenance
+    seconds, epochs, seen = training_cost(prov)
+    assert seconds == prov["train_wall_time_s"] and epochs == prov["epochs"] == 120
+    assert seen == 120 * prov["train_images"] == 6_000_000
+    assert training_cost({}) == (None, None, None)

@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from leanformer.model import Attention, Block, TextTransformer, ViTConfig, VisionTransformer
+from leanformer.model import (Attention, Block, TextTransformer, ViTConfig, VisionTransformer,
+                              attention_maps)
 from leanformer.train import build_model, get_recipe
 
 
@@ -35,9 +36,43 @@ def test_fused_and_formula_attention_agree():
     plain = attn(x)
     attn.fused = True
     torch.testing.assert_close(attn(x), plain, atol=1e-5, rtol=0)
-    attn.keep_weights = True
-    attn(x)
-    assert attn.weights.shape == (2, 4, 9, 9)
+
+
+def test_attention_maps_are_read_by_hooks_and_left_behind():
+    torch.manual_seed(0)
+    model = VisionTransformer(ViTConfig(embed_dim=32, depth=2, num_heads=4, pool="mean")).eval()
+    x = torch.rand(3, 3, 32, 32)
+    with attention_maps(model) as maps:
+        out = model(x)
+    assert list(maps) == ["blocks.0.attn", "blocks.1.attn"]
+    assert maps["blocks.0.attn"].shape == (3, 4, 64, 64)
+    torch.testing.assert_close(maps["blocks.1.attn"].sum(-1), torch.ones(3, 4, 64))
+    # The hooks are gone afterwards, and the model computes the same with or without them.
+    assert not any(m._forward_hooks for m in model.modules())
+    torch.testing.assert_close(model(x), out, atol=0, rtol=0)
+
+
+def test_attention_width_is_not_tied_to_model_width():
+    torch.manual_seed(0)
+    attn = Attention(48, num_heads=2, head_dim=16)  # 32 attention units in a 48-wide model
+    assert attn.qkv.weight.shape == (96, 48) and attn.proj.weight.shape == (48, 32)
+    assert attn(torch.randn(2, 5, 48)).shape == (2, 5, 48)
+    with pytest.raises(ValueError, match="divisible"):
+        Attention(48, num_heads=5)
+
+
+def test_uneven_blocks_run_and_export():
+    cfg = ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32, depth=3, num_heads=4,
+                    block_widths=((4, 64), (2, 37), (1, 0)))
+    model = VisionTransformer(cfg).eval()
+    assert [(b.attn.num_heads, b.mlp.fc1.out_features) for b in model.blocks] == [(4, 64), (2, 37), (1, 0)]
+    assert model.blocks[1].attn.qkv.weight.shape == (3 * 2 * 8, 32)
+    assert all(isinstance(m, nn.Linear) for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc1))
+    x = torch.rand(2, 3, 32, 32)
+    exported = torch.export.export(model, (x,))
+    torch.testing.assert_close(exported.module()(x), model(x), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="block_widths"):
+        VisionTransformer(ViTConfig(depth=2, block_widths=((4, 64),)))
 
 
 @pytest.mark.parametrize("tokenizer,pool,tokens", [("patch", "cls", 65), ("patch", "mean", 64),

@@ -5,7 +5,8 @@ import torch
 
 from leanformer import checkpoint
 from leanformer.data import CIFAR10
-from leanformer.train import autocast_dtype, evaluate, fit, get_recipe, lr_at
+from leanformer.train import (Batch, RecipeError, autocast_dtype, build_model, evaluate, fit,
+                              get_recipe, lr_at, mixed_cross_entropy)
 
 
 def small(data, n_train=1024, n_test=1000):
@@ -92,8 +93,68 @@ def test_precision_choices():
 
 
 def test_unknown_recipe_lists_the_known_ones():
-    with pytest.raises(KeyError, match="reference"):
+    with pytest.raises(RecipeError, match="reference"):
         get_recipe("nope")
+    with pytest.raises(RecipeError, match="do not exist"):
+        get_recipe("quick", learning_rate=1e-3)
+
+
+def test_a_distillation_loss_trains_through_fit(subset):
+    """fit takes its loss from outside: a student learns from a teacher's soft targets alone."""
+    data = small(subset, 512, 500)
+    teacher, _ = fit(get_recipe("quick", epochs=2), data, progress=False)
+    teacher.requires_grad_(False)
+    asked = []
+
+    def soft_targets_only(logits, batch):  # no labels: the teacher is the only signal
+        with torch.no_grad():
+            target = teacher(batch.images).float().div(2.0).log_softmax(1)
+        asked.append(len(batch.images))
+        return torch.nn.functional.kl_div(logits.float().div(2.0).log_softmax(1), target,
+                                          reduction="batchmean", log_target=True) * 4.0
+
+    recipe = get_recipe("quick", epochs=2, seed=1)
+    student, history = fit(recipe, data, progress=False, loss_fn=soft_targets_only)
+    assert sum(asked) == 2 * 512  # the loss saw every augmented image of both epochs
+    t_pred = teacher(data.test_images[:500].float() / 255).argmax(1)
+    s_pred = student(data.test_images[:500].float() / 255).argmax(1)
+    untrained = build_model(recipe).eval()(data.test_images[:500].float() / 255).argmax(1)
+    # The student agrees with its teacher far more than an untrained model of its shape does.
+    agree = (s_pred == t_pred).float().mean().item()
+    assert agree > 0.4 and agree > (untrained == t_pred).float().mean().item() + 0.2
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_fit_starts_from_given_weights_and_records_what_it_cost(subset):
+    data = small(subset, 256, 200)
+    model, _ = fit(get_recipe("quick", epochs=1), data, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    acc_before, _ = evaluate(model, data.test_images, data.test_labels)
+    tuned, history = fit(get_recipe("quick", epochs=1, lr=1e-5, warmup_epochs=0), data,
+                         progress=False, model=model)
+    assert tuned is model
+    # A tiny learning rate moves the given weights a little; they are not re-initialised.
+    drift = max((tuned.state_dict()[k] - v).abs().max().item() for k, v in before.items())
+    assert 0 < drift < 1e-3
+    assert abs(evaluate(tuned, data.test_images, data.test_labels)[0] - acc_before) < 0.05
+    record = tuned.provenance
+    assert record["epochs"] == 1 and record["train_images_seen"] == 256
+    assert record["train_wall_time_s"] == pytest.approx(history[0]["epoch_time_s"])
+
+
+def test_the_finetune_recipe_is_short_and_gentle():
+    ref, ft = get_recipe("reference"), get_recipe("finetune")
+    assert ft.epochs <= 0.15 * ref.epochs and ft.lr < ref.lr and ft.model == ref.model
+
+
+def test_mixed_cross_entropy_weighs_the_two_labels():
+    logits = torch.randn(4, 10)
+    y, other = torch.tensor([0, 1, 2, 3]), torch.tensor([4, 5, 6, 7])
+    ce = torch.nn.functional.cross_entropy
+    assert mixed_cross_entropy(logits, Batch(logits, y, y, 1.0)) == pytest.approx(ce(logits, y).item())
+    mixed = mixed_cross_entropy(logits, Batch(logits, y, other, 0.3))
+    assert mixed.item() == pytest.approx(0.3 * ce(logits, y).item() + 0.7 * ce(logits, other).item(),
+                                         rel=1e-5)
 
 
 def test_fit_applies_auto_augment_and_refuses_an_unknown_policy(subset, monkeypatch):

@@ -1,4 +1,4 @@
-"""Command line: ``python -m leanformer train|evaluate|make-subset``. Run with -h for help."""
+"""Command line: ``python -m leanformer train|evaluate|make-subset|...``. Run with -h for help."""
 import argparse
 import json
 import sys
@@ -17,32 +17,26 @@ def _data(path):
 def cmd_train(args):
     from . import checkpoint
     from .data import sha256_file
-    from .measure import count_parameters, machine_info
     from .train import evaluate, fit, get_recipe
 
     overrides = {"epochs": args.epochs} if args.epochs else {}
     recipe = get_recipe(args.recipe, **overrides)
+    start = checkpoint.load_model(args.init) if args.init else None
     data = _data(args.data)
     out = Path(args.out)
     state_path = out / f"{recipe.name}.last.pt"
-    model, history = fit(recipe, data, state_path=state_path, resume=args.resume)
+    model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start)
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
     tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
     data_path = Path(args.data) if args.data else None
     provenance = {
-        "recipe": recipe.to_dict(),
+        **model.provenance,
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
-        "data_source": data.source,
         "data_sha256": sha256_file(data_path) if data_path and data_path.is_file() else None,
-        "train_images": len(data.train_labels),
-        "test_images": len(data.test_labels),
-        "epochs": len(history),
-        "train_wall_time_s": sum(h["epoch_time_s"] for h in history),
-        "machine": machine_info(),
-        "parameters": count_parameters(model),
+        "init": ({"path": str(args.init), "weights_sha256": start.weights_sha256,
+                  "provenance": start.provenance} if start is not None else None),
         "test_acc": test_acc,
         "test_acc_flip_tta": tta_acc,
-        "history": history,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     model_path = out / f"{recipe.name}.safetensors"
@@ -110,6 +104,7 @@ def main(argv=None):
     p.add_argument("--out", default="runs", help="output directory (default: runs)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--init", help="start from this .safetensors model (a fine-tune) instead of scratch")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy of a .safetensors model")
@@ -137,10 +132,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
+    from .train import RecipeError
 
     try:
         args.func(args)
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, RecipeError) as e:
         sys.exit(f"error: {e}")
 
 

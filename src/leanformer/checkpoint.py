@@ -96,9 +96,21 @@ def load_model(path, device="cpu"):
     """Load a model file: returns a VisionTransformer in eval mode that takes float images in
     [0, 1] of shape (N, 3, 32, 32) and returns logits over CIFAR-10's 10 classes."""
     state, metadata = read_model_file(path)
-    model = VisionTransformer(ViTConfig.from_dict(json.loads(metadata["config"])))
-    model.load_state_dict(state)
+    try:
+        model = VisionTransformer(ViTConfig.from_dict(json.loads(metadata["config"])))
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: its config cannot build a model ({e}).") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        # PyTorch lists every mismatch on lines of their own; the first one says enough.
+        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
+        raise CheckpointError(f"{path}: the weights do not match the model its config describes "
+                              f"({detail.rstrip('.')}). The file was not written by save_model from "
+                              "this model; re-save it or retrain.") from None
     model.provenance = json.loads(metadata.get("provenance", "{}"))
+    model.source_path = Path(path)
+    model.weights_sha256 = metadata["sha256"]
     return model.to(device).eval()
 
 

@@ -5,8 +5,16 @@ Where ``load_cifar10`` looks, in order:
 1. an explicit path: the ``path`` argument, else the ``LEANFORMER_DATA`` environment variable.
    It may be a class-folder directory (``train/<class>/*.jpg`` and ``test/<class>/*.jpg``),
    a ``.tar.gz`` of one, or torchvision's ``cifar-10-batches-py`` folder;
-2. torchvision's official download, when the network allows it (``LEANFORMER_OFFLINE=1`` skips it);
+2. in full mode only: torchvision's official download, when the network allows it
+   (``LEANFORMER_OFFLINE=1`` skips it);
 3. the real CIFAR-10 subset that ships with the repository (``data/cifar10-subset.tar.gz``).
+
+Quick mode (``LEANFORMER_MODE=quick``, the default) skips step 2, so that with no explicit path
+it trains on the same 5,000 shipped images on every machine, Colab included.
+
+Which test pixels? The shipped subset and ``cifar10-jpg.tar.gz`` hold a JPEG (quality 75) copy of
+the official test images; ``cifar-10-batches-py`` holds the official pixels. ``CIFAR10.pixels``
+says which a data set holds, so that every accuracy can say what it was measured on.
 
 The decoded arrays are cached (``LEANFORMER_CACHE``, default ``~/.cache/leanformer``) under a
 key made from the source, so that a second load takes well under a second. The whole data set
@@ -47,10 +55,19 @@ class CIFAR10:
     test_labels: torch.Tensor
     source: str
     classes: tuple = CLASSES
+    pixels: str = "unknown"  # "official", "jpeg-q75" (the shipped copies) or "files" (others)
+
+    @property
+    def test_set(self):
+        """What the test images are, in words, for a caption or a table."""
+        what = {"official": "the official CIFAR-10 test images (cifar-10-batches-py)",
+                "jpeg-q75": "a JPEG (quality 75) copy of the official CIFAR-10 test images",
+                "files": f"image files from {self.source}"}.get(self.pixels, "CIFAR-10 test images")
+        return f"{len(self.test_labels):,} test images: {what}"
 
     def __repr__(self):
         return (f"CIFAR10(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "
-                f"source={self.source!r})")
+                f"pixels={self.pixels!r}, source={self.source!r})")
 
 
 def cache_dir():
@@ -62,7 +79,7 @@ def load_cifar10(path=None, download=True, verbose=True):
     data = _load(path, download)
     if verbose:
         print(f"CIFAR-10: {len(data.train_labels):,} train / {len(data.test_labels):,} test images "
-              f"from {data.source}")
+              f"from {data.source} ({'official pixels' if data.pixels == 'official' else data.pixels})")
     return data
 
 
@@ -77,10 +94,14 @@ def _load(path, download):
         return _cached(p, kind=_kind_of(p))
     looked.append("path argument and $LEANFORMER_DATA: not given")
 
+    from .lesson import is_quick
+
     tv_root = cache_dir() / "torchvision"
-    if (tv_root / "cifar-10-batches-py").is_dir():
+    if is_quick():
+        looked.append("torchvision download: skipped (quick mode trains on the shipped subset)")
+    elif (tv_root / "cifar-10-batches-py").is_dir():
         return _cached(tv_root / "cifar-10-batches-py", kind="batches")
-    if download and os.environ.get("LEANFORMER_OFFLINE", "") not in ("1", "true", "yes"):
+    elif download and os.environ.get("LEANFORMER_OFFLINE", "") not in ("1", "true", "yes"):
         if _online():
             import torchvision
 
@@ -148,7 +169,7 @@ def _cached(p, kind):
         try:
             with np.load(cache, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in ("train_x", "train_y", "test_x", "test_y")}
-            return _to_dataset(arrays, source)
+            return _to_dataset(arrays, source, _pixels(p, kind))
         except Exception:
             cache.unlink(missing_ok=True)  # a damaged cache is rebuilt, never trusted
     if kind == "batches":
@@ -158,7 +179,7 @@ def _cached(p, kind):
     else:
         arrays = _read_tar(p)
     _write_atomic_npz(cache, arrays)
-    return _to_dataset(arrays, source)
+    return _to_dataset(arrays, source, _pixels(p, kind))
 
 
 def _write_atomic_npz(path, arrays):
@@ -172,12 +193,21 @@ def _write_atomic_npz(path, arrays):
         tmp.unlink(missing_ok=True)
 
 
-def _to_dataset(a, source):
+def _pixels(p, kind):
+    """What the pixels of a source are: the official ones, the shipped JPEG copies, or files."""
+    if kind == "batches":
+        return "official"
+    if kind == "subset" or p.name.startswith("cifar10-jpg"):
+        return "jpeg-q75"
+    return "files"
+
+
+def _to_dataset(a, source, pixels="unknown"):
     def images(x):  # (N, 32, 32, 3) uint8 -> (N, 3, 32, 32)
         return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
 
     return CIFAR10(images(a["train_x"]), torch.from_numpy(a["train_y"]).long(),
-                   images(a["test_x"]), torch.from_numpy(a["test_y"]).long(), source)
+                   images(a["test_x"]), torch.from_numpy(a["test_y"]).long(), source, pixels=pixels)
 
 
 def _check_sha256(p, expected):

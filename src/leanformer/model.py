@@ -3,9 +3,12 @@
 PatchEmbed / ConvTokenizer -> + position embedding -> Block x depth -> LayerNorm -> pool -> head
 
 The same ``Block`` serves the Vision Transformer (``VisionTransformer``) and the text
-Transformer of seed 000 (``TextTransformer``).
+Transformer repaired from the attention article (``TextTransformer``). Blocks may differ in
+width (heads and MLP hidden units, see ``ViTConfig.block_widths``), which is what a pruned model
+needs; every weight matrix stays an ``nn.Linear``.
 """
-from dataclasses import asdict, dataclass
+import contextlib
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
@@ -64,35 +67,45 @@ class ConvTokenizer(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention: one linear layer makes Q, K and V for all heads.
 
+    The attention width ``num_heads * head_dim`` is its own number, not tied to the model width
+    ``dim`` (as in timm): a block that has lost two of its four heads keeps ``head_dim`` and
+    simply has ``num_heads=2``, with ``qkv`` of shape (3 * 2 * head_dim, dim) and ``proj`` of
+    shape (dim, 2 * head_dim).
+
     By default it runs the course's own ``scaled_dot_product_attention``. With 64 tokens that
     is faster on a CPU than PyTorch's fused kernel, whose bf16 backward pass is slow there
     (`python -m leanformer.benchmark`). ``fused=True`` switches to the fused kernel, the better choice
-    on a GPU or for long sequences. ``keep_weights=True`` stores the attention weights in
-    ``self.weights`` for plots.
+    on a GPU or for long sequences. The attention weights pass through ``self.attn_map``, an
+    identity module: ``attention_maps`` (below) hooks it to read them, and ``torch.export`` and
+    ``torch.compile`` see an ordinary module.
     """
 
-    def __init__(self, dim, num_heads=4, qkv_bias=True):
+    def __init__(self, dim, num_heads=4, head_dim=None, qkv_bias=True):
         super().__init__()
-        assert dim % num_heads == 0, f"dim {dim} must be divisible by num_heads {num_heads}"
+        if head_dim is None:
+            if num_heads < 1 or dim % num_heads:
+                raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}, "
+                                 "or give head_dim")
+            head_dim = dim // num_heads
         self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
+        self.head_dim = head_dim
+        self.attn_dim = num_heads * head_dim
+        self.qkv = nn.Linear(dim, 3 * self.attn_dim, bias=qkv_bias)
+        self.attn_map = nn.Identity()
+        self.proj = nn.Linear(self.attn_dim, dim)
         self.fused = False
-        self.keep_weights = False
-        self.weights = None
 
     def forward(self, x, mask=None):
-        B, N, D = x.shape
-        # (B, N, 3D) -> (3, B, heads, N, head_dim)
+        B, N, _ = x.shape
+        # (B, N, 3 * attn_dim) -> (3, B, heads, N, head_dim)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        if self.fused and not self.keep_weights:
+        if self.fused:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         else:
             x, weights = scaled_dot_product_attention(q, k, v, mask)
-            self.weights = weights.detach() if self.keep_weights else None
-        x = x.transpose(1, 2).reshape(B, N, D)  # concatenate the heads
+            self.attn_map(weights)  # identity; a forward hook here reads the weights
+        x = x.transpose(1, 2).reshape(B, N, self.attn_dim)  # concatenate the heads
         return self.proj(x)
 
 
@@ -131,12 +144,13 @@ class Block(nn.Module):
     batch_first=True, activation="gelu")`` computes (checked in tests/test_model.py).
     """
 
-    def __init__(self, dim, num_heads, mlp_ratio=2.0, drop=0.0, drop_path=0.0, eps=1e-5):
+    def __init__(self, dim, num_heads, mlp_ratio=2.0, drop=0.0, drop_path=0.0, eps=1e-5,
+                 head_dim=None, mlp_hidden=None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads)
+        self.attn = Attention(dim, num_heads, head_dim)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden, drop)
         self.drop_path = DropPath(drop_path)
 
     def forward(self, x, mask=None):
@@ -187,6 +201,20 @@ class ViTConfig:
     drop_path_rate: float = 0.1
     mean: tuple = CIFAR10_MEAN
     std: tuple = CIFAR10_STD
+    # Blocks of different widths (a pruned model): one (heads, MLP hidden units) pair per block.
+    # Empty means every block has num_heads heads and int(embed_dim * mlp_ratio) hidden units.
+    block_widths: tuple = ()
+    head_dim: int = 0  # width of one head; 0 means embed_dim // num_heads
+
+    @property
+    def head_width(self):
+        return self.head_dim or self.embed_dim // self.num_heads
+
+    def widths(self):
+        """[(heads, MLP hidden units)] of every block, whether or not they differ."""
+        if self.block_widths:
+            return [tuple(w) for w in self.block_widths]
+        return [(self.num_heads, int(self.embed_dim * self.mlp_ratio))] * self.depth
 
     def to_dict(self):
         return asdict(self)
@@ -194,9 +222,15 @@ class ViTConfig:
     @classmethod
     def from_dict(cls, d):
         d = dict(d)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown ViTConfig fields {unknown}; this leanformer knows {sorted(known)}")
         for key in ("conv_channels", "mean", "std"):
             if key in d:
                 d[key] = tuple(d[key])
+        if "block_widths" in d:
+            d["block_widths"] = tuple(tuple(int(v) for v in w) for w in d["block_widths"])
         return cls(**d)
 
 
@@ -224,6 +258,13 @@ class VisionTransformer(nn.Module):
             raise ValueError(f"tokenizer must be 'patch' or 'conv', got {cfg.tokenizer!r}")
         if cfg.pool not in ("cls", "mean", "attn"):
             raise ValueError(f"pool must be 'cls', 'mean' or 'attn', got {cfg.pool!r}")
+        if not cfg.head_dim and D % cfg.num_heads:
+            raise ValueError(f"embed_dim {D} must be divisible by num_heads {cfg.num_heads}, "
+                             "or set head_dim")
+        widths = cfg.widths()
+        if len(widths) != cfg.depth or any(len(w) != 2 or min(w) < 0 for w in widths):
+            raise ValueError(f"block_widths must hold depth={cfg.depth} pairs of (heads, MLP "
+                             f"hidden units), each >= 0; got {cfg.block_widths!r}")
 
         num_tokens = self.patch_embed.num_patches + (cfg.pool == "cls")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D)) if cfg.pool == "cls" else None
@@ -232,7 +273,8 @@ class VisionTransformer(nn.Module):
         # Stochastic depth grows linearly with depth: early blocks are almost always kept.
         rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
         self.blocks = nn.ModuleList(
-            Block(D, cfg.num_heads, cfg.mlp_ratio, cfg.drop_rate, r) for r in rates
+            Block(D, heads, drop=cfg.drop_rate, drop_path=r, head_dim=cfg.head_width,
+                  mlp_hidden=hidden) for r, (heads, hidden) in zip(rates, widths)
         )
         self.norm = nn.LayerNorm(D)
         self.attn_pool = nn.Linear(D, 1) if cfg.pool == "attn" else None
@@ -271,7 +313,7 @@ class VisionTransformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """Seed 000's text Transformer, repaired: token embedding + position embedding,
+    """The attention article's text Transformer, repaired: token embedding + position embedding,
     N pre-norm blocks, and a linear head to the vocabulary at every position."""
 
     def __init__(self, vocab_size, embed_dim=64, depth=2, num_heads=4, max_len=64, mlp_ratio=2.0):
@@ -299,3 +341,28 @@ def _init_weights(m):
             nn.init.zeros_(m.bias)
     elif isinstance(m, nn.Conv2d):
         nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
+@contextlib.contextmanager
+def attention_maps(model):
+    """Collect the attention weights of every ``Attention`` in ``model`` while inside the block.
+
+        with attention_maps(model) as maps:
+            model(x)
+        maps["blocks.0.attn"]  # (batch, heads, queries, keys)
+
+    Forward hooks on each ``attn_map`` identity do the reading, so the model itself has no
+    flag to set and stays what ``torch.export`` and ``torch.compile`` accept. Fused attention
+    never forms the weights; turn ``fused`` off to see them.
+    """
+    maps, handles = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, Attention):
+            def keep(mod, args, out, name=name):
+                maps[name] = out.detach()
+            handles.append(module.attn_map.register_forward_hook(keep))
+    try:
+        yield maps
+    finally:
+        for h in handles:
+            h.remove()

@@ -1,6 +1,10 @@
 """The training loop of the course: AdamW, warm-up then cosine, label smoothing, tensor
 augmentation, mixed precision, per-epoch evaluation, atomic checkpoints and exact resume.
 
+``fit`` takes its loss from outside (``loss_fn(logits, batch)``, as timm's ``train_one_epoch``
+does), so distillation plugs a teacher into the same loop, and it starts from given weights
+(``model=``), so a pruned or quantization-aware model is fine-tuned by the same loop.
+
 Reproducibility: every random draw of epoch ``e`` comes from generators seeded with
 ``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
 """
@@ -79,12 +83,25 @@ RECIPES["reference-no-autoaugment"] = replace(
     auto_augment="", model={**RECIPES["reference"].model, "conv_channels": (64, 128)})
 RECIPES["reference-no-mix"] = replace(RECIPES["reference-no-autoaugment"],
                                       name="reference-no-mix", epochs=65, mix_prob=0.0)
+# A short fine-tune of a model that already learned (a pruned or quantization-aware copy of the
+# reference): the reference's augmentation, a tenth of its epochs, a fifth of its peak rate and
+# a one-epoch warm-up, so the weights move without forgetting. Pass the model to ``fit``.
+RECIPES["finetune"] = replace(RECIPES["reference"], name="finetune", epochs=12, lr=3e-4,
+                              warmup_epochs=1)
+
+
+class RecipeError(ValueError):
+    """A recipe name that does not exist, or fields it does not have."""
 
 
 def get_recipe(name, **overrides):
     if name not in RECIPES:
-        raise KeyError(f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    return Recipe(**{**RECIPES[name].to_dict(), **overrides})
+        raise RecipeError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
+    fields = RECIPES[name].to_dict()
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise RecipeError(f"recipe fields {unknown} do not exist; a Recipe has {', '.join(fields)}")
+    return Recipe(**{**fields, **overrides})
 
 
 def build_model(recipe):
@@ -165,6 +182,35 @@ def evaluate(model, images, labels, precision="fp32", device=None, flip_tta=Fals
     return (logits.argmax(1) == labels).float().mean().item(), loss
 
 
+# --- losses ----------------------------------------------------------------------------------
+
+@dataclass
+class Batch:
+    """One training batch as the loss sees it: the augmented images the model saw, their labels,
+    and for a mixed batch (mixup or CutMix) the partner labels and the share ``lam`` of the first
+    image. ``lam == 1`` means the batch was not mixed."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    other_labels: torch.Tensor
+    lam: float = 1.0
+
+
+def mixed_cross_entropy(logits, batch, label_smoothing=0.0):
+    """Cross-entropy against the labels, mixed in proportion ``lam`` with the partner labels."""
+    loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=label_smoothing)
+    if batch.lam < 1.0:
+        loss = batch.lam * loss + (1 - batch.lam) * F.cross_entropy(
+            logits.float(), batch.other_labels, label_smoothing=label_smoothing)
+    return loss
+
+
+def recipe_loss(recipe):
+    """The loss a recipe trains with: cross-entropy with its label smoothing, mixed by mixup or
+    CutMix when the batch was mixed."""
+    return lambda logits, batch: mixed_cross_entropy(logits, batch, recipe.label_smoothing)
+
+
 # --- the schedule ----------------------------------------------------------------------------
 
 def lr_at(step, total_steps, warmup_steps, peak_lr):
@@ -177,11 +223,20 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
 
 # --- the loop --------------------------------------------------------------------------------
 
-def fit(recipe, data, state_path=None, resume=False, device=None, progress=True, model=None):
+def fit(recipe, data, state_path=None, resume=False, device=None, progress=True, model=None,
+        loss_fn=None):
     """Train ``recipe`` on ``data`` (a ``leanformer.data.CIFAR10``) and return (model, history).
 
+    model:    start from this model and its weights (a fine-tune) instead of building
+              ``recipe.model`` from scratch. It is trained in place.
+    loss_fn:  ``loss_fn(logits, batch) -> loss`` with ``batch`` a ``Batch``; default
+              ``recipe_loss(recipe)``. A distillation loss reads ``batch.images`` to ask its
+              teacher.
     With ``state_path``, the training state is written there after every epoch, and
     ``resume=True`` continues from it, losing at most the epoch that was running.
+
+    The model comes back in eval mode with ``model.provenance`` holding the training record
+    (recipe, data, epochs, images, wall time, history), which ``measure_costs`` reads.
     """
     # Plain tqdm draws a text bar in a terminal and in a notebook alike, and needs no widgets.
     from tqdm import tqdm
@@ -190,6 +245,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
         check_auto_augment_policy(recipe.auto_augment)
     device = torch.device(device or default_device())
     model = (model or build_model(recipe)).to(device)
+    loss_fn = loss_fn or recipe_loss(recipe)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "pos_embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "pos_embed" in n]
     # Weight decay on matrices only: decaying LayerNorm gains, biases and the position
@@ -206,7 +262,12 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
         if state["recipe"] != recipe.to_dict():
             raise checkpoint.CheckpointError(
                 f"{state_path} was written by a different recipe; use another --out or drop --resume.")
-        model.load_state_dict(state["model"])
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise checkpoint.CheckpointError(
+                f"{state_path} holds weights of another shape than this model "
+                f"({str(e).splitlines()[-1].strip()}); use another --out or drop --resume.") from None
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = state["history"], state["epoch"]
         if progress:
@@ -241,10 +302,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
             x, y, y_other = x.to(device), y.to(device), y_other.to(device)
             with autocast(dtype, device):
                 logits = model(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=recipe.label_smoothing)
-                if lam < 1.0:
-                    loss = lam * loss + (1 - lam) * F.cross_entropy(
-                        logits.float(), y_other, label_smoothing=recipe.label_smoothing)
+                loss = loss_fn(logits, Batch(x, y, y_other, lam))
             optimizer.zero_grad(set_to_none=True)
             if scaler:
                 scaler.scale(loss).backward()
@@ -274,4 +332,26 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
                 model=model.state_dict(), optimizer=optimizer.state_dict(), history=history,
                 epoch=epoch + 1, recipe=recipe.to_dict()))
     model.eval()
+    model.provenance = training_record(recipe, data, history, model)
     return model, history
+
+
+def training_record(recipe, data, history, model=None):
+    """What a training run was and cost: the provenance saved with a checkpoint."""
+    from .measure import count_parameters, machine_info
+
+    record = {
+        "recipe": recipe.to_dict(),
+        "data_source": data.source,
+        "train_images": len(data.train_labels),
+        "test_images": len(data.test_labels),
+        "epochs": len(history),
+        "train_images_seen": len(history) * len(data.train_labels),
+        "train_wall_time_s": sum(h["epoch_time_s"] for h in history),
+        "machine": machine_info(),
+        "history": history,
+    }
+    if model is not None:
+        record["parameters"] = count_parameters(model)
+        record["model"] = model.cfg.to_dict() if hasattr(model, "cfg") else None
+    return record
