@@ -213,12 +213,17 @@ def _input_dtype(model):
     return torch.float32
 
 
-def _runner(model, precision, batch_size, image_size):
-    """A no-argument function that runs ``model`` on one random batch as it would be served."""
+def _random_images(model, batch_size, image_size=32):
+    return torch.rand(batch_size, 3, image_size, image_size, device=_device_of(model)).to(
+        _input_dtype(model))
+
+
+def _runner(model, precision, make_input):
+    """A no-argument function that runs ``model`` on one input batch as it would be served."""
     from .train import autocast, autocast_dtype
 
     device = _device_of(model)
-    x = torch.rand(batch_size, 3, image_size, image_size, device=device).to(_input_dtype(model))
+    x = make_input()
     dtype = autocast_dtype(precision, device) if precision in ("fp32", "bf16", "fp16") else None
 
     def run():
@@ -299,7 +304,7 @@ def _file_size(model, shipped_file):
 
 def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=None,
                   batch_size=256, rounds=5, latency_calls=10, throughput_calls=2, warmup=3,
-                  image_size=32, progress=False):
+                  image_size=32, inputs=None, progress=False):
     """Measure every model of ``models`` (a dict name -> model) side by side. Returns a list of
     ``Cost``, in the order given.
 
@@ -310,13 +315,15 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
     precision:  "fp32", "bf16" (autocast) or a label for a model that runs as it is ("int8");
                 one value for all models or a dict by name.
     test_acc:   {name: accuracy} already measured, to skip evaluating it again.
+    inputs:     {name: function(batch_size) -> input batch} for a model that does not take
+                CIFAR-10 images (a text model, say); its FLOPs are then per input of that kind.
 
     Timing: after ``warmup`` untimed calls each, ``rounds`` rounds; in each round every model in
     turn runs ``latency_calls`` single images and ``throughput_calls`` batches of ``batch_size``.
     """
     from .train import evaluate
 
-    files, test_acc = files or {}, test_acc or {}
+    files, test_acc, inputs = files or {}, test_acc or {}, inputs or {}
     prec = {name: precision.get(name, "fp32") if isinstance(precision, dict) else precision
             for name in models}
     machine = machine_info()
@@ -337,12 +344,11 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
         if quantized:
             cost.notes["flops"] = ("not counted: torch.utils.flop_counter does not count quantized "
                                    f"kernels ({', '.join(quantized[:3])}{', ...' if len(quantized) > 3 else ''})")
-        else:
+        make = inputs.get(name) or (lambda n, m=model: _random_images(m, n, image_size))
+        if not quantized:
             try:
                 with torch.no_grad():
-                    x = torch.zeros(1, 3, image_size, image_size, device=_device_of(model),
-                                    dtype=_input_dtype(model))
-                    cost.flops = count_flops(model, x)[0]
+                    cost.flops = count_flops(model, make(1))[0]
             except Exception as e:
                 cost.notes["flops"] = f"not counted: {type(e).__name__}: {e}"
         if name in test_acc:
@@ -355,8 +361,8 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
         cost.train_time_s, cost.train_epochs, cost.train_images_seen = training_cost(
             getattr(model, "provenance", None))
         costs[name] = cost
-        runs[name] = (_runner(model, prec[name], 1, image_size),
-                      _runner(model, prec[name], batch_size, image_size))
+        runs[name] = (_runner(model, prec[name], lambda: make(1)),
+                      _runner(model, prec[name], lambda: make(batch_size)))
 
     for one, many in runs.values():
         for _ in range(warmup):

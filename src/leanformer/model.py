@@ -63,6 +63,22 @@ class ConvTokenizer(nn.Module):
         x = self.stages(x.contiguous(memory_format=torch.channels_last))
         return x.flatten(2).transpose(1, 2)
 
+    def token_window(self, row):
+        """The input rows (first, last) that the tokens in grid row ``row`` see (the same holds for
+        columns): their receptive field, clipped to nothing, so it may start above the image."""
+        return input_window([m for m in self.stages if isinstance(m, (nn.Conv2d, nn.MaxPool2d))], row)
+
+
+def input_window(layers, r):
+    """Which input rows does output row ``r`` of a stack of convolutions and poolings depend on?
+    Walk back through the layers: one with kernel k, stride s and padding p maps output rows
+    [a, b] to input rows [a*s - p, b*s - p + k - 1]. Returns (a, b) in input rows."""
+    a, b = r, r
+    for layer in reversed(layers):
+        k, s, p = (v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride, layer.padding))
+        a, b = a * s - p, b * s - p + k - 1
+    return a, b
+
 
 class Attention(nn.Module):
     """Multi-head self-attention: one linear layer makes Q, K and V for all heads.
