@@ -113,3 +113,56 @@ def test_training_cost_comes_from_the_provenance():
     assert seconds == prov["train_wall_time_s"] and epochs == prov["epochs"] == 120
     assert seen == 120 * prov["train_images"] == 6_000_000
     assert training_cost({}) == (None, None, None)
+
+
+def test_a_model_with_its_own_inputs_is_measured_per_input_and_says_so():
+    from leanformer.measure import measure_costs
+    from leanformer.model import TextTransformer
+
+    torch.manual_seed(0)
+    text = TextTransformer(vocab_size=10, embed_dim=16, depth=1, num_heads=2, max_len=8).eval()
+    costs = measure_costs({"vit": tiny_vit(), "text": text},
+                          inputs={"text": lambda n: torch.randint(0, 10, (n, 8))},
+                          batch_size=4, rounds=1, latency_calls=1, throughput_calls=1, warmup=1)
+    vit_cost, text_cost = costs
+    assert text_cost.flops == count_flops(text, torch.zeros(1, 8, dtype=torch.long))[0]
+    assert "input" in text_cost.notes and "input" not in vit_cost.notes
+
+
+def test_fused_attention_on_a_cpu_counts_its_attention_flops():
+    # torch.utils.flop_counter knows only the GPU kernels of F.scaled_dot_product_attention;
+    # the package adds the CPU one, so fused and unfused attention count the same work.
+    from leanformer.measure import attention_flops
+    from leanformer.model import Attention
+
+    torch.manual_seed(0)
+    attn = Attention(32, num_heads=2)
+    x = torch.randn(1, 24, 32)
+    plain = count_flops(attn, x)[0]
+    attn.fused = True
+    assert count_flops(attn, x)[0] == plain == attention_flops(24, 32, 2, 16)
+
+
+def test_show_costs_prints_a_shared_note_once(capsys):
+    from leanformer.measure import Cost, Spread, show_costs
+
+    spread = Spread.of([1.0, 2.0])
+    costs = [Cost(name, latency_ms=spread, throughput=spread, notes={"input": "sequences"})
+             for name in ("a", "b")]
+    costs[1].notes["file"] = "only b"
+    show_costs(costs)
+    out = capsys.readouterr().out
+    assert out.count("sequences") == 1 and "every model, input: sequences" in out
+    assert "b, file: only b" in out
+
+
+def test_compare_accuracy_calls_a_difference_only_beyond_its_noise():
+    from leanformer.measure import compare_accuracy
+
+    # 2,000 images at about 30%: twice the standard error of a difference is about 2.9 points.
+    close = compare_accuracy("a", 0.31, "b", 0.30, 2000)
+    assert "cannot tell the two apart" in close and "+1.0 points" in close
+    far = compare_accuracy("a", 0.30, "b", 0.36, 2000)
+    assert far.split(". ")[1].startswith("B is ahead by 6.0 points") and "another seed" in far
+    # The same difference on many more images is beyond the noise.
+    assert "ahead" in compare_accuracy("a", 0.31, "b", 0.30, 100_000)

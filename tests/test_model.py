@@ -52,6 +52,16 @@ def test_attention_maps_are_read_by_hooks_and_left_behind():
     torch.testing.assert_close(model(x), out, atol=0, rtol=0)
 
 
+def test_attention_maps_of_a_bare_attention_module():
+    torch.manual_seed(0)
+    attn = Attention(8, num_heads=2)
+    with attention_maps(attn) as maps:
+        attn(torch.randn(1, 5, 8))
+    assert list(maps) == ["attn"] and maps["attn"].shape == (1, 2, 5, 5)
+    torch.testing.assert_close(maps["attn"].sum(-1), torch.ones(1, 2, 5))
+    assert not attn.attn_map._forward_hooks
+
+
 def test_attention_width_is_not_tied_to_model_width():
     torch.manual_seed(0)
     attn = Attention(48, num_heads=2, head_dim=16)  # 32 attention units in a 48-wide model

@@ -51,7 +51,10 @@ def _inline_plots():
 
 def glue(name, value):
     """Store ``value`` under ``name`` for the book's ``{glue:text}`` roles. Outside a Jupyter
-    Book build (in Colab, say) it only returns the value."""
+    Book build (in Colab, say) it only returns the value. A numpy or torch scalar is stored as
+    the Python number it holds, so that a format such as ``{glue:text}`name:.2f``` can read it."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()
     try:
         from myst_nb import glue as _glue
     except ImportError:

@@ -56,7 +56,7 @@ def _flop_counts(model, *inputs, backward=False):
     """(total, {fully qualified module name: flops}) with names as ``Root.child.grandchild``."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False, custom_mapping=_cpu_sdpa_flops())
     with counter:
         out = model(*inputs)
         if backward:
@@ -64,6 +64,22 @@ def _flop_counts(model, *inputs, backward=False):
     per_module = {name: sum(counts.values()) for name, counts in counter.get_flop_counts().items()
                   if name != "Global"}
     return counter.get_total_flops(), per_module
+
+
+def _cpu_sdpa_flops():
+    """FLOP formulas for the CPU kernels of ``F.scaled_dot_product_attention``, which
+    ``torch.utils.flop_counter`` does not count (it knows the GPU kernels only): without them a
+    fused ``Attention`` on a CPU would count only its projections. Same formulas as the GPU ones."""
+    from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
+
+    aten = torch.ops.aten
+    mapping = {}
+    if hasattr(aten, "_scaled_dot_product_flash_attention_for_cpu"):
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu] = (
+            lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+        mapping[aten._scaled_dot_product_flash_attention_for_cpu_backward] = (
+            lambda g, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(g, q, k, v))
+    return mapping
 
 
 # --- the FLOPs of one block, by formula -------------------------------------------------------
@@ -345,6 +361,9 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
             cost.notes["flops"] = ("not counted: torch.utils.flop_counter does not count quantized "
                                    f"kernels ({', '.join(quantized[:3])}{', ...' if len(quantized) > 3 else ''})")
         make = inputs.get(name) or (lambda n, m=model: _random_images(m, n, image_size))
+        if name in inputs:
+            cost.notes["input"] = ("its own inputs (from `inputs`), not images: its FLOPs, latency "
+                                   "and throughput are per input of that kind")
         if not quantized:
             try:
                 with torch.no_grad():
@@ -436,9 +455,13 @@ def show_costs(costs, baseline=None):
     c = costs[0]
     print(f"Timed side by side on {c.machine}; latency and throughput: median (min–max) over "
           f"{c.latency_ms.n} single images and {c.throughput.n} batches per model.")
+    notes = {}  # a note that several models share is printed once, with their names
     for c in costs:
         for column, why in c.notes.items():
-            print(f"{c.name}, {column}: {why}")
+            notes.setdefault((column, why), []).append(c.name)
+    for (column, why), names in notes.items():
+        who = "every model" if len(names) == len(costs) > 1 else "; ".join(names)
+        print(f"{who}, {column}: {why}")
     return df
 
 
@@ -484,3 +507,21 @@ def confusion_matrix(predictions, labels, num_classes=10):
 def per_class_accuracy(confusion):
     """Recall of each class: the diagonal over the row sums."""
     return confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
+
+
+def compare_accuracy(name_a: str, acc_a: float, name_b: str, acc_b: float, n: int) -> str:
+    """One sentence comparing two accuracies measured on the same ``n`` test images, which
+    calls a difference only when it is larger than twice its standard error. The error treats
+    the two as independent samples of ``n`` images, which overstates the noise of a comparison
+    on the same images: a cautious yardstick. It knows nothing of the seed, so a difference it
+    calls is still one run each, and the sentence says so."""
+    diff = acc_a - acc_b
+    noise = 2 * (acc_a * (1 - acc_a) / n + acc_b * (1 - acc_b) / n) ** 0.5
+    head = f"{name_a}: {acc_a:.1%}, {name_b}: {acc_b:.1%} on {n:,} test images"
+    if abs(diff) <= noise:
+        return (f"{head}. The difference ({100 * diff:+.1f} points) is within twice its standard "
+                f"error (±{100 * noise:.1f} points): these runs cannot tell the two apart.")
+    ahead = name_a if diff > 0 else name_b
+    return (f"{head}. {ahead[0].upper() + ahead[1:]} is ahead by {100 * abs(diff):.1f} points, more than "
+            f"twice the standard error (±{100 * noise:.1f} points); but it is one run each, so "
+            "train both with another seed before crediting the recipe.")

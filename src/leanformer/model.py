@@ -367,14 +367,15 @@ def attention_maps(model):
             model(x)
         maps["blocks.0.attn"]  # (batch, heads, queries, keys)
 
-    Forward hooks on each ``attn_map`` identity do the reading, so the model itself has no
+    ``model`` may also be a bare ``Attention``; its weights are then stored under ``"attn"``,
+    the name it has inside a ``Block``. Forward hooks on each ``attn_map`` identity do the reading, so the model itself has no
     flag to set and stays what ``torch.export`` and ``torch.compile`` accept. Fused attention
     never forms the weights; turn ``fused`` off to see them.
     """
     maps, handles = {}, []
     for name, module in model.named_modules():
         if isinstance(module, Attention):
-            def keep(mod, args, out, name=name):
+            def keep(mod, args, out, name=name or "attn"):
                 maps[name] = out.detach()
             handles.append(module.attn_map.register_forward_hook(keep))
     try:

@@ -68,6 +68,73 @@ def show_images(images, titles=None, ncols=8, scale=1.1, suptitle=None):
     return fig
 
 
+def show_patch_sequence(image, patch_size=4, per_line=16, suptitle=None):
+    """One (3, H, W) image (uint8, or float in [0, 1]) cut into patch_size x patch_size patches:
+    on the left the image with the patch grid, on the right the same patches read row by row as
+    a sequence of tokens, ``per_line`` tokens to a line with a white gap between tokens."""
+    img = _as_uint8(image).transpose(1, 2, 0)  # (H, W, 3)
+    P, (H, W) = patch_size, img.shape[:2]
+    n, step = (H // P) * (W // P), patch_size + 1
+    lines = -(-n // per_line)
+    strip = np.full((lines * step - 1, per_line * step - 1, 3), 255, np.uint8)
+    for p in range(n):
+        (r, c), (sr, sc) = divmod(p, W // P), divmod(p, per_line)
+        strip[sr * step : sr * step + P, sc * step : sc * step + P] = img[r * P : (r + 1) * P, c * P : (c + 1) * P]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.2), gridspec_kw={"width_ratios": [1, 2.4]})
+    ax1.imshow(img)
+    for k in range(0, H + 1, P):
+        ax1.axhline(k - 0.5, color="white", lw=0.8)
+    for k in range(0, W + 1, P):
+        ax1.axvline(k - 0.5, color="white", lw=0.8)
+    ax1.set_xticks(range(0, W, 8))
+    ax1.set_yticks(range(0, H, 8))
+    ax1.set_xlabel("x (pixels)")
+    ax1.set_ylabel("y (pixels)")
+    ax1.set_title(f"{H // P} × {W // P} patches of {P} × {P} pixels")
+    ax2.imshow(strip)
+    ax2.set_xticks([sc * step + (P - 1) / 2 for sc in range(0, per_line, 5)],
+                   [f"+{sc}" for sc in range(0, per_line, 5)])
+    ax2.set_yticks([sr * step + (P - 1) / 2 for sr in range(lines)],
+                   [f"{per_line * sr}–{min(per_line * (sr + 1), n) - 1}" for sr in range(lines)])
+    ax2.set_xlabel(f"position within a line of {per_line} tokens")
+    ax2.set_ylabel("token index")
+    ax2.set_title(f"read row by row, they become a sequence of {n} tokens")
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
+def show_token_windows(image, windows, row=3, cols=(3, 4), grid=8, suptitle=None):
+    """The pixels that neighbouring tokens see, one panel per tokenizer. ``windows`` maps a
+    tokenizer's name to a function from a token's grid row to the (first, last) pixel rows it
+    sees (the same function serves columns; ``ConvTokenizer.token_window`` is one). The tokens
+    at grid position (row, col), col in ``cols``, are drawn as rectangles over the (3, H, W)
+    image; ``grid`` tokens to a grid row give their index in the sequence."""
+    from matplotlib.patches import Rectangle
+
+    img = _as_uint8(image).transpose(1, 2, 0)
+    fig, axes = plt.subplots(1, len(windows), figsize=(4 * len(windows), 3.6), squeeze=False)
+    styles = [("yellow", "-"), ("cyan", "--"), ("magenta", ":"), ("white", "-.")]
+    for ax, (name, window) in zip(axes.flat, windows.items()):
+        ax.imshow(img)
+        (y0, y1) = window(row)
+        for col, (color, style) in zip(cols, styles):
+            x0, x1 = window(col)
+            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0 + 1, y1 - y0 + 1, fill=False,
+                                   ec=color, ls=style, lw=2, label=f"token {row * grid + col}"))
+        ax.set_xlim(-0.5, img.shape[1] - 0.5)
+        ax.set_ylim(img.shape[0] - 0.5, -0.5)
+        ax.set_title(f"{name}:\neach token sees {y1 - y0 + 1} × {y1 - y0 + 1} pixels")
+        ax.set_xlabel("x (pixels)")
+        ax.set_ylabel("y (pixels)")
+        ax.legend(loc="lower right", fontsize=8)
+    if suptitle:
+        fig.suptitle(suptitle)
+    fig.tight_layout()
+    return fig
+
+
 def plot_history(history, title="Training curves"):
     """Loss and accuracy per epoch from a training history (a list of dicts)."""
     epochs = [h["epoch"] for h in history]
@@ -106,25 +173,43 @@ def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
     return ax
 
 
-def show_token_maps(images, maps, titles=None, suptitle=None, scale=1.6):
-    """Each image beside a square token-weight map (e.g. attention pooling over 8x8 tokens),
-    drawn over the image."""
+def show_token_maps(images, maps, titles: list[str] | None = None, suptitle: str | None = None,
+                    scale: float = 1.6, colorbar_label: str | None = None,
+                    ncols: int | None = None):
+    """Each image above a square token-weight map (e.g. attention pooling over 8x8 tokens).
+
+    By default each map is stretched to its own range and drawn over its image: that shows where
+    one image's weight sits, not how strong it is. With ``colorbar_label``, every map is drawn on
+    one colour scale from 0 to the largest weight of all maps, one flat square per token, beside
+    a colour bar with that label, so maps can be compared with each other and with the bar.
+    ``ncols`` images per row (default: all in one row)."""
     images = _as_uint8(images)
     maps = np.asarray(maps, dtype=float)
     n, side = len(images), int(round(maps.shape[1] ** 0.5))
-    fig, axes = plt.subplots(2, n, figsize=(n * scale, 2.3 * scale), squeeze=False)
+    ncols = min(ncols or n, n)
+    nrows = (n + ncols - 1) // ncols
+    shared = colorbar_label is not None
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(ncols * scale + shared, 2.3 * nrows * scale),
+                             squeeze=False, layout="constrained" if shared else None)
+    for ax in axes.flat:
+        ax.axis("off")
     for i in range(n):
+        top, bottom = axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]
         img = images[i].transpose(1, 2, 0)
-        axes[0, i].imshow(img, interpolation="nearest")
-        axes[1, i].imshow(img, interpolation="nearest")
-        axes[1, i].imshow(maps[i].reshape(side, side), cmap="inferno", alpha=0.6,
-                          extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5),
-                          interpolation="bilinear")
-        for ax in axes[:, i]:
-            ax.axis("off")
+        top.imshow(img, interpolation="nearest")
+        grid = maps[i].reshape(side, side)
+        if shared:
+            im = bottom.imshow(grid, cmap="inferno", vmin=0, vmax=maps.max(), interpolation="nearest")
+        else:
+            bottom.imshow(img, interpolation="nearest")
+            bottom.imshow(grid, cmap="inferno", alpha=0.6, interpolation="bilinear",
+                          extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
         if titles is not None:
-            axes[0, i].set_title(titles[i], fontsize=8)
+            top.set_title(titles[i], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    fig.tight_layout()
+    if shared:
+        fig.colorbar(im, ax=axes, shrink=0.8, label=colorbar_label)
+    else:
+        fig.tight_layout()
     return fig
