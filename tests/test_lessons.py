@@ -72,3 +72,19 @@ def test_every_glued_name_in_the_prose_is_glued_by_the_code(path):
             if "scrapbook" in o.get("metadata", {}):
                 glued.add(o["metadata"]["scrapbook"]["name"])
     assert used <= glued, f"glued in prose but not computed: {sorted(used - glued)}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_glued_numbers_are_plain_numbers_the_book_can_format(path):
+    """`{glue:text}`name:.1%`` parses the saved text/plain; `np.float64(0.5)` or `tensor(0.5)`
+    would leave the number out of the page."""
+    bad = []
+    for c in cells(path):
+        for o in c.get("outputs", []):
+            if "scrapbook" in o.get("metadata", {}):
+                data = o["data"]
+                text = "".join(data.get("application/papermill.record/text/plain",
+                                        data.get("text/plain", "")))
+                if re.match(r"(np\.|numpy\.|tensor\(|array\()", text):
+                    bad.append((o["metadata"]["scrapbook"]["name"], text))
+    assert not bad, f"glue plain Python numbers (lesson.glue converts scalars): {bad}"

@@ -454,7 +454,7 @@ def show_costs(costs, baseline=None):
     display(df.style.format({k: v for k, v in fmt.items() if k in df.columns}, na_rep="—"))
     c = costs[0]
     print(f"Timed side by side on {c.machine}; latency and throughput: median (min–max) over "
-          f"{c.latency_ms.n} single images and {c.throughput.n} batches per model.")
+          f"{c.latency_ms.n} single inputs and {c.throughput.n} batches of {c.batch_size} per model.")
     notes = {}  # a note that several models share is printed once, with their names
     for c in costs:
         for column, why in c.notes.items():
@@ -481,6 +481,10 @@ def cpu_flags():
     return [f for f in wanted if f in flags]
 
 
+def _plural(n, word):
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def machine_info():
     """A one-line description of the machine, for provenance and benchmark tables."""
     cpu = platform.processor() or platform.machine()
@@ -494,7 +498,7 @@ def machine_info():
     flags = cpu_flags()
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu}{' (' + ', '.join(flags) + ')' if flags else ''}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads{gpu}, torch {torch.__version__}, "
+            f"{_plural(torch.get_num_threads(), 'torch thread')}{gpu}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 
