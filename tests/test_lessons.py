@@ -88,3 +88,11 @@ def test_glued_numbers_are_plain_numbers_the_book_can_format(path):
                 if re.match(r"(np\.|numpy\.|tensor\(|array\()", text):
                     bad.append((o["metadata"]["scrapbook"]["name"], text))
     assert not bad, f"glue plain Python numbers (lesson.glue converts scalars): {bad}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_code_cells_stay_short(path):
+    """A code cell over 25 lines hides the lesson in plumbing: split it or move it to leanformer."""
+    long = [(i, len(src(c).splitlines())) for i, c in enumerate(cells(path))
+            if c["cell_type"] == "code" and len(src(c).splitlines()) > 25]
+    assert not long, f"(cell index, lines) over 25 lines: {long}"

@@ -73,21 +73,6 @@ def show_source(obj):
     display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
 
 
-def show_table(rows, headers):
-    """Display ``rows`` (a list of tuples) under ``headers`` as a Markdown table. Integers get
-    thousands separators; anything else is shown as ``str(value)``, so format floats first.
-    The first column is left-aligned and the others right-aligned, as numbers read best."""
-    from IPython.display import Markdown, display
-
-    def cell(value):
-        return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
-
-    lines = ["| " + " | ".join(headers) + " |",
-             "|" + "|".join([":---"] + ["---:"] * (len(headers) - 1)) + "|"]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    display(Markdown("\n".join(lines)))
-
-
 # --- keeping every lesson's Colab badge and set-up cell in step with _config.yml -------------
 
 COLAB_CELL = '''\
