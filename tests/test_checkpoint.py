@@ -119,7 +119,8 @@ def test_a_model_with_uneven_blocks_round_trips(tmp_path):
 
 
 def test_shipped_checkpoints_load_unchanged():
-    for path in sorted((checkpoint.REPO_ROOT / "checkpoints").rglob("*.safetensors")):
+    root = checkpoint.REPO_ROOT / "checkpoints"
+    for path in [root / "reference.safetensors", *sorted((root / "ablations").glob("*.safetensors"))]:
         model = load_model(path)
         assert model.cfg.block_widths == () and model.cfg.widths() == [(4, 256)] * 4, path
 
@@ -153,3 +154,16 @@ def test_cli_names_the_recipes_when_one_is_unknown(tmp_path):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1
     assert "unknown recipe 'refrence'" in out.stderr and "reference" in out.stderr
+
+
+def test_cli_prune_writes_a_smaller_model_that_loads(tmp_path):
+    src, out = tmp_path / "m.safetensors", tmp_path / "pruned.safetensors"
+    save_model(tiny_model(), src)  # 2 heads, 64 MLP units in its one block
+    run = subprocess.run([sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "1",
+                          "--mlp-units", "20", "--score", "magnitude", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    pruned = load_model(out)
+    assert pruned.cfg.widths() == [(1, 20)]
+    assert pruned.provenance["score"] == "magnitude" and len(pruned.provenance["kept_heads"][0]) == 1
+    assert pruned(torch.rand(2, 3, 32, 32)).shape == (2, 10)

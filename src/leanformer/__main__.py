@@ -24,7 +24,8 @@ def cmd_train(args):
     start = checkpoint.load_model(args.init) if args.init else None
     data = _data(args.data)
     out = Path(args.out)
-    state_path = out / f"{recipe.name}.last.pt"
+    name = args.name or recipe.name
+    state_path = out / f"{name}.last.pt"
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start)
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
     tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
@@ -39,12 +40,46 @@ def cmd_train(args):
         "test_acc_flip_tta": tta_acc,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    model_path = out / f"{recipe.name}.safetensors"
+    model_path = out / f"{name}.safetensors"
     sha = checkpoint.save_model(model, model_path, provenance)
-    checkpoint.atomic_write(out / f"{recipe.name}.json",
+    checkpoint.atomic_write(out / f"{name}.json",
                             lambda tmp: tmp.write_text(json.dumps({**provenance, "weights_sha256": sha},
                                                                   indent=1) + "\n"))
     print(f"test accuracy {test_acc:.4f} (flip TTA {tta_acc:.4f}); wrote {model_path}")
+
+
+def cmd_prune(args):
+    from . import checkpoint
+    from .data import sha256_file
+    from .prune import importance, keep_top, prune_model
+
+    model = checkpoint.load_model(args.checkpoint)
+    images = labels = None
+    if args.score == "taylor":
+        data = _data(args.data)
+        # A fixed random sample of training images (never test images) ranks the heads and units.
+        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(args.seed))
+        pick = pick[: args.images]
+        images, labels = data.train_images[pick], data.train_labels[pick]
+    heads, units = importance(model, args.score, images, labels, seed=args.seed)
+    keep_heads, keep_units = keep_top(heads, args.heads), keep_top(units, args.mlp_units)
+    pruned = prune_model(model, keep_heads, keep_units)
+    data_path = Path(args.data) if args.data else None
+    provenance = {
+        "command": "python -m leanformer " + " ".join(sys.argv[1:]),
+        "pruned_from": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
+        "score": args.score,
+        "score_images": len(labels) if labels is not None else 0,
+        "data_sha256": sha256_file(data_path) if data_path and data_path.is_file() else None,
+        "seed": args.seed,
+        "kept_heads": keep_heads,
+        "kept_units": keep_units,
+        "head_scores": [h.tolist() for h in heads],
+        "widths": [list(w) for w in pruned.cfg.widths()],
+    }
+    sha = checkpoint.save_model(pruned, args.out, provenance)
+    print(f"kept heads {keep_heads} and {args.mlp_units} MLP units per block ({args.score} score); "
+          f"wrote {args.out} (sha256 {sha[:12]}…)")
 
 
 def cmd_evaluate(args):
@@ -105,7 +140,19 @@ def main(argv=None):
     p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument("--init", help="start from this .safetensors model (a fine-tune) instead of scratch")
+    p.add_argument("--name", help="file name for OUT/NAME.safetensors and .json (default: the recipe's)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("prune", help="remove attention heads and MLP units by importance; writes a smaller model")
+    p.add_argument("checkpoint")
+    p.add_argument("--heads", type=int, required=True, help="heads to keep in every block")
+    p.add_argument("--mlp-units", type=int, required=True, help="MLP hidden units to keep in every block")
+    p.add_argument("--score", default="taylor", choices=("taylor", "magnitude", "random"))
+    p.add_argument("--data", help="CIFAR-10 path; the taylor score ranks on its training images")
+    p.add_argument("--images", type=int, default=2048, help="training images for the taylor score")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the pruned .safetensors file to write")
+    p.set_defaults(func=cmd_prune)
 
     p = sub.add_parser("evaluate", help="test accuracy of a .safetensors model")
     p.add_argument("checkpoint")

@@ -309,9 +309,6 @@ def _file_size(model, shipped_file):
     if shipped_file is not None:
         path = Path(shipped_file)
         return path.stat().st_size, path.suffix.lstrip(".") or "file", None
-    path = getattr(model, "source_path", None)
-    if path is not None and Path(path).is_file():
-        return Path(path).stat().st_size, "safetensors", None
     try:
         return safetensors_bytes(model), "safetensors", None
     except Exception as e:  # tensor subclasses (quantized weights) that safetensors cannot hold
@@ -326,8 +323,8 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
 
     data:       a ``leanformer.data.CIFAR10``; its test images give each model's accuracy.
     files:      {name: path} of the file a lesson would ship for that model (a quantized model's
-                own format, say). Otherwise: the file the model was loaded from, else the size of
-                its weights as .safetensors.
+                own format, say). Otherwise the size of its weights as one .safetensors file,
+                without metadata, so that a trained and an untrained model of one shape match.
     precision:  "fp32", "bf16" (autocast) or a label for a model that runs as it is ("int8");
                 one value for all models or a dict by name.
     test_acc:   {name: accuracy} already measured, to skip evaluating it again.

@@ -88,10 +88,10 @@ class Attention(nn.Module):
     simply has ``num_heads=2``, with ``qkv`` of shape (3 * 2 * head_dim, dim) and ``proj`` of
     shape (dim, 2 * head_dim).
 
-    By default it runs the course's own ``scaled_dot_product_attention``. With 64 tokens that
-    is faster on a CPU than PyTorch's fused kernel, whose bf16 backward pass is slow there
-    (`python -m leanformer.benchmark`). ``fused=True`` switches to the fused kernel, the better choice
-    on a GPU or for long sequences. The attention weights pass through ``self.attn_map``, an
+    By default it runs the course's own ``scaled_dot_product_attention``, which forms the
+    attention weights so that they can be read. ``fused=True`` switches to PyTorch's
+    ``F.scaled_dot_product_attention``, which computes the same output without keeping the
+    weights (lesson 01 times the two side by side). The attention weights pass through ``self.attn_map``, an
     identity module: ``attention_maps`` (below) hooks it to read them, and ``torch.export`` and
     ``torch.compile`` see an ordinary module.
     """

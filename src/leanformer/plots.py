@@ -31,11 +31,14 @@ def use_course_style():
 
 
 def attention_heatmap(weights, query_labels, key_labels, ax=None, title="Attention weights",
-                      annotate=True):
-    """Heatmap of a (queries, keys) attention-weight matrix: row i says where query i looks."""
+                      annotate=True, vmax=1.0):
+    """Heatmap of a (queries, keys) attention-weight matrix: row i says where query i looks.
+    Weights are probabilities, so every heatmap shares one colour scale, 0 to ``vmax`` (1 by
+    default): the same colour means the same weight in every panel. Returns the image, for
+    ``fig.colorbar``."""
     weights = np.asarray(weights, dtype=float)
     ax = ax or plt.gca()
-    im = ax.imshow(weights, cmap="viridis", vmin=0, vmax=max(weights.max(), 1e-9))
+    im = ax.imshow(weights, cmap="viridis", vmin=0, vmax=vmax)
     ax.set_xticks(range(len(key_labels)), key_labels)
     ax.set_yticks(range(len(query_labels)), query_labels)
     ax.set_xlabel("key (attended to)")
@@ -45,7 +48,7 @@ def attention_heatmap(weights, query_labels, key_labels, ax=None, title="Attenti
         for i in range(weights.shape[0]):
             for j in range(weights.shape[1]):
                 ax.text(j, i, f"{weights[i, j]:.2f}", ha="center", va="center",
-                        color="white" if weights[i, j] < 0.6 * weights.max() else "black", fontsize=8)
+                        color="white" if weights[i, j] < 0.6 * vmax else "black", fontsize=8)
     return im
 
 

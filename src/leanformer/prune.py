@@ -1,0 +1,156 @@
+"""Structured pruning: remove whole attention heads and MLP hidden units, so that the weight
+matrices shrink and the model really does less work.
+
+Where a head and a hidden unit live in the weights of a ``Block``:
+
+* head ``h`` of ``Attention`` (``head_dim`` = d): rows ``p * attn_dim + h * d ... + d`` of ``qkv``
+  for each of q, k and v (p = 0, 1, 2), and columns ``h * d ... + d`` of ``proj``;
+* hidden unit ``u`` of ``Mlp``: row ``u`` of ``fc1`` (and its bias) and column ``u`` of ``fc2``.
+
+``prune_linear`` keeps the chosen rows or columns of one ``nn.Linear``; ``prune_block`` applies it
+to a block; ``prune_model`` returns a smaller copy of a ``VisionTransformer`` whose config records
+the new widths, so that ``save_model`` and ``load_model`` round-trip it.
+
+Which heads and units to remove is decided by an importance score, one number per head or unit:
+``taylor`` (first-order Taylor estimate of the loss change if it were removed, Molchanov et al.
+2017; for heads this is the head-gate sensitivity of Michel et al. 2019), ``magnitude`` (the norm of
+its weights) or ``random`` (the baseline any score must beat).
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .model import Attention, Mlp, VisionTransformer
+
+SCORES = ("taylor", "magnitude", "random")
+
+
+def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new ``nn.Linear`` that keeps the output rows (``dim=0``) or input columns (``dim=1``) of
+    ``layer`` listed in ``index``. The bias belongs to the rows, so it is sliced only with them."""
+    index = torch.as_tensor(index, dtype=torch.long, device=layer.weight.device)
+    weight = layer.weight.detach().index_select(dim, index).clone()
+    has_bias = layer.bias is not None
+    out_f, in_f = weight.shape
+    new = nn.Linear(in_f, out_f, bias=has_bias, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if has_bias:
+            new.bias.copy_(layer.bias.detach()[index] if dim == 0 else layer.bias.detach())
+    return new
+
+
+def head_rows(attn: Attention, heads) -> torch.Tensor:
+    """The rows of ``attn.qkv`` that belong to ``heads``: their q rows, then k rows, then v rows."""
+    d = attn.head_dim
+    cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads]) if len(heads) else torch.zeros(0, dtype=torch.long)
+    return torch.cat([p * attn.attn_dim + cols for p in range(3)])
+
+
+def prune_heads(attn: Attention, keep) -> None:
+    """Keep only the heads listed in ``keep`` (in place): slice ``qkv`` rows and ``proj`` columns."""
+    keep = sorted(int(h) for h in keep)
+    if any(h < 0 or h >= attn.num_heads for h in keep):
+        raise ValueError(f"heads to keep must be in 0..{attn.num_heads - 1}, got {keep}")
+    d = attn.head_dim
+    cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep]) if keep else torch.zeros(0, dtype=torch.long)
+    attn.qkv = prune_linear(attn.qkv, head_rows(attn, keep), dim=0)
+    attn.proj = prune_linear(attn.proj, cols, dim=1)
+    attn.num_heads, attn.attn_dim = len(keep), len(keep) * d
+
+
+def prune_mlp(mlp: Mlp, keep) -> None:
+    """Keep only the hidden units listed in ``keep`` (in place): ``fc1`` rows, ``fc2`` columns."""
+    keep = torch.as_tensor(sorted(int(u) for u in keep), dtype=torch.long)
+    if len(keep) and (keep.min() < 0 or keep.max() >= mlp.fc1.out_features):
+        raise ValueError(f"units to keep must be in 0..{mlp.fc1.out_features - 1}")
+    mlp.fc1 = prune_linear(mlp.fc1, keep, dim=0)
+    mlp.fc2 = prune_linear(mlp.fc2, keep, dim=1)
+
+
+def prune_model(model: VisionTransformer, keep_heads, keep_units) -> VisionTransformer:
+    """A pruned copy of ``model``: block ``i`` keeps heads ``keep_heads[i]`` and MLP units
+    ``keep_units[i]``. The copy's config records the new widths (``ViTConfig.block_widths``)."""
+    if len(keep_heads) != len(model.blocks) or len(keep_units) != len(model.blocks):
+        raise ValueError(f"give one list of heads and one of units per block ({len(model.blocks)} blocks)")
+    pruned = copy.deepcopy(model)
+    for block, heads, units in zip(pruned.blocks, keep_heads, keep_units):
+        prune_heads(block.attn, heads)
+        prune_mlp(block.mlp, units)
+    widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in pruned.blocks)
+    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
+                                    "head_dim": model.cfg.head_width})
+    pruned.provenance = {}
+    return pruned
+
+
+# --- importance scores -------------------------------------------------------------------------
+
+def _taylor_scores(model, images, labels, batch_size):
+    """|dL/dg| for a gate g on every head output and every MLP hidden unit, summed over batches:
+    the first-order estimate of how much the loss changes when that head or unit is removed."""
+    model.eval()
+    heads = [torch.zeros(b.attn.num_heads) for b in model.blocks]
+    units = [torch.zeros(b.mlp.fc1.out_features) for b in model.blocks]
+    handles = []
+
+    def watch(store, group):
+        def hook(module, args):
+            x = args[0]
+            if x.requires_grad:
+                def on_grad(g, x=x):
+                    # The gate's gradient: sum of activation times gradient over one group.
+                    contrib = (x.detach() * g).flatten(0, -2).sum(0)
+                    store.add_(contrib.view(-1, group).sum(1).abs().float().cpu())
+                x.register_hook(on_grad)
+        return hook
+
+    for i, b in enumerate(model.blocks):
+        handles.append(b.attn.proj.register_forward_pre_hook(watch(heads[i], b.attn.head_dim)))
+        handles.append(b.mlp.fc2.register_forward_pre_hook(watch(units[i], 1)))
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), labels[start:start + batch_size]).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    return heads, units
+
+
+def _magnitude_scores(model):
+    heads, units = [], []
+    for b in model.blocks:
+        a, d = b.attn, b.attn.head_dim
+        qkv = a.qkv.weight.detach().view(3, a.num_heads, d, -1)
+        proj = a.proj.weight.detach().view(-1, a.num_heads, d)
+        heads.append((qkv.pow(2).sum((0, 2, 3)) + proj.pow(2).sum((0, 2))).sqrt())
+        units.append((b.mlp.fc1.weight.detach().pow(2).sum(1) + b.mlp.fc2.weight.detach().pow(2).sum(0)).sqrt())
+    return heads, units
+
+
+def importance(model: VisionTransformer, score: str = "taylor", images=None, labels=None,
+               batch_size: int = 128, seed: int = 0):
+    """(head scores, unit scores): one tensor per block each, larger = more important.
+    ``taylor`` needs training ``images`` (uint8 or float in [0, 1]) and ``labels``."""
+    if score == "taylor":
+        if images is None or labels is None:
+            raise ValueError("the taylor score needs images and labels (a slice of the training set)")
+        return _taylor_scores(model, images, labels, batch_size)
+    if score == "magnitude":
+        return _magnitude_scores(model)
+    if score == "random":
+        g = torch.Generator().manual_seed(seed)
+        return ([torch.rand(b.attn.num_heads, generator=g) for b in model.blocks],
+                [torch.rand(b.mlp.fc1.out_features, generator=g) for b in model.blocks])
+    raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+
+
+def keep_top(scores, n_keep: int):
+    """In every block, the indices of the ``n_keep`` highest scores, in ascending order."""
+    return [sorted(s.topk(min(n_keep, len(s))).indices.tolist()) for s in scores]
