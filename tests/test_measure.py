@@ -1,8 +1,7 @@
 import torch
 from torch import nn
 
-from leanformer.measure import (Timing, count_flops, count_parameters, inference_latency,
-                                measure_latency, size_on_disk)
+from leanformer.measure import count_flops, count_parameters, size_on_disk
 from leanformer.model import Block
 
 
@@ -26,17 +25,6 @@ def test_flops_of_a_linear_layer_and_of_a_block():
     assert total == by_hand
     with_backward, _ = count_flops(block, torch.rand(B, N, D, requires_grad=True), backward=True)
     assert 2.5 * total < with_backward < 3.5 * total  # backward costs about twice the forward
-
-
-def test_latency_reports_median_of_repeats():
-    calls = []
-    timing = measure_latency(lambda: calls.append(1), batch_size=4, warmup=2, repeats=5)
-    assert len(calls) == 7
-    assert isinstance(timing, Timing) and timing.min_ms <= timing.median_ms
-    assert timing.throughput == 4 / (timing.median_ms / 1000)
-    t = inference_latency(nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 10)), batch_size=2,
-                          repeats=3)
-    assert t.batch_size == 2 and t.median_ms > 0
 
 
 def tiny_vit(**widths):

@@ -27,16 +27,3 @@ def test_token_maps_with_a_colorbar_share_one_scale(maps):
     colorbars = [ax for ax in fig.axes if ax.get_ylabel() == "weight"]
     assert len(colorbars) == 1
     plt.close(fig)
-
-
-def test_token_maps_default_keeps_each_map_on_its_own_scale(maps):
-    import matplotlib.pyplot as plt
-
-    from leanformer.plots import show_token_maps
-
-    images, weights = maps
-    fig = show_token_maps(images, weights)
-    drawn = [im for ax in fig.axes for im in ax.get_images() if im.get_array().shape == (8, 8)]
-    assert [im.get_clim()[1] for im in drawn] == pytest.approx(weights.max(1))
-    assert len(fig.axes) == 6  # no colour bar
-    plt.close(fig)

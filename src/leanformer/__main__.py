@@ -14,9 +14,15 @@ def _data(path):
     return load_cifar10(path)
 
 
+def _data_sha256(path):
+    """sha256 of the data file a command read, for its provenance (None for a folder or none)."""
+    from .data import sha256_file
+
+    return sha256_file(path) if path and Path(path).is_file() else None
+
+
 def cmd_train(args):
     from . import checkpoint
-    from .data import sha256_file
     from .train import evaluate, fit, get_recipe
 
     overrides = {"epochs": args.epochs} if args.epochs else {}
@@ -29,11 +35,10 @@ def cmd_train(args):
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start)
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
     tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
-    data_path = Path(args.data) if args.data else None
     provenance = {
         **model.provenance,
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
-        "data_sha256": sha256_file(data_path) if data_path and data_path.is_file() else None,
+        "data_sha256": _data_sha256(args.data),
         "init": ({"path": str(args.init), "weights_sha256": start.weights_sha256,
                   "provenance": start.provenance} if start is not None else None),
         "test_acc": test_acc,
@@ -50,7 +55,6 @@ def cmd_train(args):
 
 def cmd_prune(args):
     from . import checkpoint
-    from .data import sha256_file
     from .prune import importance, keep_top, prune_model
 
     model = checkpoint.load_model(args.checkpoint)
@@ -64,13 +68,12 @@ def cmd_prune(args):
     heads, units = importance(model, args.score, images, labels, seed=args.seed)
     keep_heads, keep_units = keep_top(heads, args.heads), keep_top(units, args.mlp_units)
     pruned = prune_model(model, keep_heads, keep_units)
-    data_path = Path(args.data) if args.data else None
     provenance = {
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
         "pruned_from": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
         "score": args.score,
         "score_images": len(labels) if labels is not None else 0,
-        "data_sha256": sha256_file(data_path) if data_path and data_path.is_file() else None,
+        "data_sha256": _data_sha256(args.data),
         "seed": args.seed,
         "kept_heads": keep_heads,
         "kept_units": keep_units,

@@ -92,6 +92,13 @@ def read_model_file(path):
     return state, metadata
 
 
+def first_mismatch(error):
+    """The first line of a ``load_state_dict`` error that names a tensor: PyTorch lists every
+    mismatch on a line of its own, and the first one says enough."""
+    lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+    return (lines[0] if lines else str(error)).rstrip(".")
+
+
 def load_model(path, device="cpu"):
     """Load a model file: returns a VisionTransformer in eval mode that takes float images in
     [0, 1] of shape (N, 3, 32, 32) and returns logits over CIFAR-10's 10 classes."""
@@ -103,13 +110,10 @@ def load_model(path, device="cpu"):
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
-        # PyTorch lists every mismatch on lines of their own; the first one says enough.
-        detail = next((line.strip() for line in str(e).splitlines()[1:] if line.strip()), str(e))
         raise CheckpointError(f"{path}: the weights do not match the model its config describes "
-                              f"({detail.rstrip('.')}). The file was not written by save_model from "
+                              f"({first_mismatch(e)}). The file was not written by save_model from "
                               "this model; re-save it or retrain.") from None
     model.provenance = json.loads(metadata.get("provenance", "{}"))
-    model.source_path = Path(path)
     model.weights_sha256 = metadata["sha256"]
     return model.to(device).eval()
 

@@ -17,7 +17,7 @@ import os
 import platform
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -171,51 +171,6 @@ class Spread:
         return f"{self.median:,.{digits}f} ({self.min:,.{digits}f}–{self.max:,.{digits}f})"
 
 
-@dataclass
-class Timing:
-    median_ms: float
-    min_ms: float
-    batch_size: int
-    max_ms: float = float("nan")
-
-    @property
-    def throughput(self):
-        """Items per second at the median time."""
-        return self.batch_size / (self.median_ms / 1000)
-
-    def __str__(self):
-        return (f"{self.median_ms:.2f} ms median (min {self.min_ms:.2f}, max {self.max_ms:.2f}) "
-                f"for batch {self.batch_size}: {self.throughput:,.0f} items/s")
-
-
-def measure_latency(fn, batch_size, warmup=3, repeats=10):
-    """Time ``fn()`` ``repeats`` times after ``warmup`` untimed calls.
-
-    The warm-up absorbs one-off costs (memory allocation, kernel selection); the median
-    ignores the occasional slow call caused by something else on the machine.
-    """
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return Timing(statistics.median(times), min(times), batch_size, max(times))
-
-
-def inference_latency(model, batch_size=1, warmup=3, repeats=10, image_size=32):
-    """Latency of ``model`` on a random (batch_size, 3, H, W) batch, in eval mode, no grad."""
-    model.eval()
-    x = torch.rand(batch_size, 3, image_size, image_size, device=_device_of(model))
-
-    def run():
-        with torch.inference_mode():
-            model(x)
-
-    return measure_latency(run, batch_size, warmup, repeats)
-
-
 def _device_of(model):
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
@@ -273,9 +228,6 @@ class Cost:
     train_images_seen: int | None = None
     notes: dict = field(default_factory=dict)
 
-    def to_dict(self):
-        return asdict(self)
-
 
 def training_cost(provenance):
     """(wall time in s, epochs, images seen) of training, from a checkpoint's provenance or the
@@ -317,7 +269,7 @@ def _file_size(model, shipped_file):
 
 def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=None,
                   batch_size=256, rounds=5, latency_calls=10, throughput_calls=2, warmup=3,
-                  image_size=32, inputs=None, progress=False):
+                  image_size=32, inputs=None):
     """Measure every model of ``models`` (a dict name -> model) side by side. Returns a list of
     ``Cost``, in the order given.
 
@@ -385,7 +337,7 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
             one()
         many()
     samples = {name: ([], []) for name in models}
-    for r in range(rounds):
+    for _ in range(rounds):
         for name, (one, many) in runs.items():
             for _ in range(latency_calls):
                 t0 = time.perf_counter()
@@ -395,8 +347,6 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
                 t0 = time.perf_counter()
                 many()
                 samples[name][1].append(batch_size / (time.perf_counter() - t0))
-        if progress:
-            print(f"round {r + 1}/{rounds} timed", flush=True)
     for name, (lat, thr) in samples.items():
         costs[name].latency_ms = Spread.of(lat)
         costs[name].throughput = Spread.of(thr)
@@ -510,6 +460,12 @@ def per_class_accuracy(confusion):
     return confusion.diag().double() / confusion.sum(1).clamp(min=1).double()
 
 
+def accuracy_noise(acc_a: float, acc_b: float, n: int) -> float:
+    """Twice the standard error of the difference of two accuracies, each over ``n`` images,
+    treated as independent samples: a cautious yardstick for "could this be chance?"."""
+    return 2 * (acc_a * (1 - acc_a) / n + acc_b * (1 - acc_b) / n) ** 0.5
+
+
 def compare_accuracy(name_a: str, acc_a: float, name_b: str, acc_b: float, n: int) -> str:
     """One sentence comparing two accuracies measured on the same ``n`` test images, which
     calls a difference only when it is larger than twice its standard error. The error treats
@@ -517,7 +473,7 @@ def compare_accuracy(name_a: str, acc_a: float, name_b: str, acc_b: float, n: in
     on the same images: a cautious yardstick. It knows nothing of the seed, so a difference it
     calls is still one run each, and the sentence says so."""
     diff = acc_a - acc_b
-    noise = 2 * (acc_a * (1 - acc_a) / n + acc_b * (1 - acc_b) / n) ** 0.5
+    noise = accuracy_noise(acc_a, acc_b, n)
     head = f"{name_a}: {acc_a:.1%}, {name_b}: {acc_b:.1%} on {n:,} test images"
     if abs(diff) <= noise:
         return (f"{head}. The difference ({100 * diff:+.1f} points) is within twice its standard "

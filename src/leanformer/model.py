@@ -65,7 +65,7 @@ class ConvTokenizer(nn.Module):
 
     def token_window(self, row):
         """The input rows (first, last) that the tokens in grid row ``row`` see (the same holds for
-        columns): their receptive field, clipped to nothing, so it may start above the image."""
+        columns): their receptive field, not clipped to the image, so it may start above it."""
         return input_window([m for m in self.stages if isinstance(m, (nn.Conv2d, nn.MaxPool2d))], row)
 
 

@@ -177,42 +177,30 @@ def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
 
 
 def show_token_maps(images, maps, titles: list[str] | None = None, suptitle: str | None = None,
-                    scale: float = 1.6, colorbar_label: str | None = None,
+                    scale: float = 1.6, colorbar_label: str = "token weight",
                     ncols: int | None = None):
-    """Each image above a square token-weight map (e.g. attention pooling over 8x8 tokens).
+    """Each image above its square token-weight map (e.g. attention pooling over 8x8 tokens).
 
-    By default each map is stretched to its own range and drawn over its image: that shows where
-    one image's weight sits, not how strong it is. With ``colorbar_label``, every map is drawn on
-    one colour scale from 0 to the largest weight of all maps, one flat square per token, beside
-    a colour bar with that label, so maps can be compared with each other and with the bar.
-    ``ncols`` images per row (default: all in one row)."""
+    Every map is drawn on one colour scale, from 0 to the largest weight of all maps, one flat
+    square per token, beside a colour bar labelled ``colorbar_label``: maps can be compared with
+    each other and read off the bar. ``ncols`` images per row (default: all in one row)."""
     images = _as_uint8(images)
     maps = np.asarray(maps, dtype=float)
     n, side = len(images), int(round(maps.shape[1] ** 0.5))
     ncols = min(ncols or n, n)
     nrows = (n + ncols - 1) // ncols
-    shared = colorbar_label is not None
-    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(ncols * scale + shared, 2.3 * nrows * scale),
-                             squeeze=False, layout="constrained" if shared else None)
+    fig, axes = plt.subplots(2 * nrows, ncols, figsize=(ncols * scale + 1, 2.3 * nrows * scale),
+                             squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for i in range(n):
         top, bottom = axes[2 * (i // ncols), i % ncols], axes[2 * (i // ncols) + 1, i % ncols]
-        img = images[i].transpose(1, 2, 0)
-        top.imshow(img, interpolation="nearest")
-        grid = maps[i].reshape(side, side)
-        if shared:
-            im = bottom.imshow(grid, cmap="inferno", vmin=0, vmax=maps.max(), interpolation="nearest")
-        else:
-            bottom.imshow(img, interpolation="nearest")
-            bottom.imshow(grid, cmap="inferno", alpha=0.6, interpolation="bilinear",
-                          extent=(-0.5, img.shape[1] - 0.5, img.shape[0] - 0.5, -0.5))
+        top.imshow(images[i].transpose(1, 2, 0), interpolation="nearest")
+        im = bottom.imshow(maps[i].reshape(side, side), cmap="inferno", vmin=0, vmax=maps.max(),
+                           interpolation="nearest")
         if titles is not None:
             top.set_title(titles[i], fontsize=8)
     if suptitle:
         fig.suptitle(suptitle)
-    if shared:
-        fig.colorbar(im, ax=axes, shrink=0.8, label=colorbar_label)
-    else:
-        fig.tight_layout()
+    fig.colorbar(im, ax=axes, shrink=0.8, label=colorbar_label)
     return fig

@@ -42,10 +42,16 @@ def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
+def head_columns(attn: Attention, heads) -> torch.Tensor:
+    """The columns of ``attn.proj`` (and the positions within q, k or v) that belong to ``heads``."""
+    d = attn.head_dim
+    return (torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads]) if len(heads)
+            else torch.zeros(0, dtype=torch.long))
+
+
 def head_rows(attn: Attention, heads) -> torch.Tensor:
     """The rows of ``attn.qkv`` that belong to ``heads``: their q rows, then k rows, then v rows."""
-    d = attn.head_dim
-    cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads]) if len(heads) else torch.zeros(0, dtype=torch.long)
+    cols = head_columns(attn, heads)
     return torch.cat([p * attn.attn_dim + cols for p in range(3)])
 
 
@@ -54,11 +60,9 @@ def prune_heads(attn: Attention, keep) -> None:
     keep = sorted(int(h) for h in keep)
     if any(h < 0 or h >= attn.num_heads for h in keep):
         raise ValueError(f"heads to keep must be in 0..{attn.num_heads - 1}, got {keep}")
-    d = attn.head_dim
-    cols = torch.cat([torch.arange(h * d, (h + 1) * d) for h in keep]) if keep else torch.zeros(0, dtype=torch.long)
     attn.qkv = prune_linear(attn.qkv, head_rows(attn, keep), dim=0)
-    attn.proj = prune_linear(attn.proj, cols, dim=1)
-    attn.num_heads, attn.attn_dim = len(keep), len(keep) * d
+    attn.proj = prune_linear(attn.proj, head_columns(attn, keep), dim=1)
+    attn.num_heads, attn.attn_dim = len(keep), len(keep) * attn.head_dim
 
 
 def prune_mlp(mlp: Mlp, keep) -> None:

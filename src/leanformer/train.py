@@ -113,11 +113,9 @@ def build_model(recipe):
 
 def cpu_supports_bf16():
     """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    from .measure import cpu_flags
+
+    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
 
 
 def autocast_dtype(precision, device):
@@ -267,7 +265,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
         except RuntimeError as e:
             raise checkpoint.CheckpointError(
                 f"{state_path} holds weights of another shape than this model "
-                f"({str(e).splitlines()[-1].strip()}); use another --out or drop --resume.") from None
+                f"({checkpoint.first_mismatch(e)}); use another --out or drop --resume.") from None
         optimizer.load_state_dict(state["optimizer"])
         history, start_epoch = state["history"], state["epoch"]
         if progress:
@@ -336,7 +334,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
     return model, history
 
 
-def training_record(recipe, data, history, model=None):
+def training_record(recipe, data, history, model):
     """What a training run was and cost: the provenance saved with a checkpoint."""
     from .measure import count_parameters, machine_info
 
@@ -350,8 +348,7 @@ def training_record(recipe, data, history, model=None):
         "train_wall_time_s": sum(h["epoch_time_s"] for h in history),
         "machine": machine_info(),
         "history": history,
+        "parameters": count_parameters(model),
+        "model": model.cfg.to_dict() if hasattr(model, "cfg") else None,
     }
-    if model is not None:
-        record["parameters"] = count_parameters(model)
-        record["model"] = model.cfg.to_dict() if hasattr(model, "cfg") else None
     return record
