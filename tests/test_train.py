@@ -104,17 +104,16 @@ def test_unknown_recipe_lists_the_known_ones():
 
 def test_a_distillation_loss_trains_through_fit(subset):
     """fit takes its loss from outside: a student learns from a teacher's soft targets alone."""
+    from leanformer.distill import DistillationLoss
+
     data = small(subset, 512, 500)
     teacher, _ = fit(get_recipe("quick", epochs=2), data, progress=False)
-    teacher.requires_grad_(False)
+    distill = DistillationLoss(teacher, alpha=1.0, temperature=2.0)  # no labels: the teacher only
     asked = []
 
-    def soft_targets_only(logits, batch):  # no labels: the teacher is the only signal
-        with torch.no_grad():
-            target = teacher(batch.images).float().div(2.0).log_softmax(1)
+    def soft_targets_only(logits, batch):
         asked.append(len(batch.images))
-        return torch.nn.functional.kl_div(logits.float().div(2.0).log_softmax(1), target,
-                                          reduction="batchmean", log_target=True) * 4.0
+        return distill(logits, batch)
 
     recipe = get_recipe("quick", epochs=2, seed=1)
     student, history = fit(recipe, data, progress=False, loss_fn=soft_targets_only)
