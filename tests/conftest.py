@@ -20,3 +20,23 @@ def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("LEANFORMER_CACHE", str(cache))
     monkeypatch.delenv("LEANFORMER_DATA", raising=False)
     return cache
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory):
+    """A CIFAR-10 class-folder directory of random images, 8 training and 4 test images per
+    class: enough for a command to run end to end in seconds."""
+    import numpy as np
+    from PIL import Image
+
+    from leanformer.data import CLASSES
+
+    root = tmp_path_factory.mktemp("tiny-cifar")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 4)):
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root

@@ -167,3 +167,48 @@ def test_cli_prune_writes_a_smaller_model_that_loads(tmp_path):
     assert pruned.cfg.widths() == [(1, 20)]
     assert pruned.provenance["score"] == "magnitude" and len(pruned.provenance["kept_heads"][0]) == 1
     assert pruned(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    too_many = subprocess.run([sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "3",
+                               "--mlp-units", "20", "--score", "magnitude", "--out", str(tmp_path / "x.safetensors")],
+                              capture_output=True, text=True)
+    assert too_many.returncode != 0 and "--heads: keep between 1 and 2 per block, got 3" in too_many.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_cli_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tiny_folder):
+    start, teacher = tmp_path / "start.safetensors", tmp_path / "teacher.safetensors"
+    save_model(tiny_model(), start, {"note": "the starting model's own record"})
+    torch.manual_seed(1)
+    save_model(VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
+                                           depth=1, num_heads=2)), teacher)
+    run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "finetune-brief",
+                          "--init", str(start), "--teacher", str(teacher), "--alpha", "0.5",
+                          "--temperature", "2", "--data", str(tiny_folder), "--out", str(tmp_path),
+                          "--name", "student"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "student.json").read_text())
+    assert record["init"]["provenance"] == {"note": "the starting model's own record"}
+    assert record["init"]["weights_sha256"] == load_model(start).weights_sha256
+    assert record["teacher"] == {"path": str(teacher), "weights_sha256": load_model(teacher).weights_sha256,
+                                 "alpha": 0.5, "temperature": 2.0}
+    assert load_model(tmp_path / "student.safetensors").provenance["teacher"]["alpha"] == 0.5
+
+
+def test_cli_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, tiny_folder):
+    src, out = tmp_path / "m.safetensors", tmp_path / "sweep.json"
+    save_model(tiny_model(), src)
+    bad = subprocess.run([sys.executable, "-m", "leanformer", "sparsity-sweep", str(src), "--levels", "50",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "each in [0, 1)" in bad.stderr and not out.exists()
+    run = subprocess.run([sys.executable, "-m", "leanformer", "sparsity-sweep", str(src), "--levels", "0.5",
+                          "--data", str(tiny_folder), "--out", str(out), "--save-dir", str(tmp_path / "sparse")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["sparsity"] == 0.5 and 0.0 <= row["fine-tuned"] <= 1.0
+    assert result["recipe"]["name"] == "finetune-brief" and result["test_images"] == 40
+    saved = load_model(tmp_path / "sparse" / "sparse-50.safetensors")
+    weights = torch.cat([saved.blocks[0].mlp.fc1.weight.flatten(), saved.blocks[0].attn.qkv.weight.flatten()])
+    assert 0.3 < (weights == 0).float().mean() < 0.8  # global: about half, not exactly per layer
+    assert saved.provenance["test_acc"] == row["fine-tuned"]

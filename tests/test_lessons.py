@@ -1,4 +1,5 @@
 """Every lesson has the course's shape, and its saved outputs come from one clean run."""
+import ast
 import json
 import re
 from pathlib import Path
@@ -96,3 +97,18 @@ def test_code_cells_stay_short(path):
     long = [(i, len(src(c).splitlines())) for i, c in enumerate(cells(path))
             if c["cell_type"] == "code" and len(src(c).splitlines()) > 25]
     assert not long, f"(cell index, lines) over 25 lines: {long}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_no_cell_echoes_a_glued_value(path):
+    """``lesson.glue`` returns its value, so a cell that ends with it prints a bare number below
+    the code; end such a line with ``;``."""
+    def echoes(code):
+        body = ast.parse(code).body
+        last = body[-1] if body else None
+        return (isinstance(last, ast.Expr) and isinstance(last.value, ast.Call)
+                and ast.unparse(last.value.func) in ("glue", "lesson.glue")
+                and not code.rstrip().endswith(";"))
+
+    echo = [i for i, c in enumerate(cells(path)) if c["cell_type"] == "code" and echoes(src(c))]
+    assert not echo, f"cells ending in a glue call that echoes its value: {echo}"

@@ -2,9 +2,13 @@ import pytest
 import torch
 
 from leanformer import load_model, save_model
-from leanformer.measure import attention_flops, component_costs, mlp_flops
+from leanformer.measure import attention_flops, component_costs, mlp_flops, safetensors_bytes
 from leanformer.model import ViTConfig, VisionTransformer
-from leanformer.prune import importance, keep_top, prune_linear, prune_model
+from leanformer.prune import (csr_tensors, drop_one_head_losses, from_csr_tensors, gzip_bytes, importance,
+                              keep_top, kept_by, magnitude_prune, prunable_weights, prune_linear, prune_model,
+                              prune_with_torch_pruning, remove_masks, sparse_file_bytes, sparsity_sweep,
+                              sparsity_table, tensors_bytes)
+from leanformer.train import get_recipe
 
 
 def tiny():
@@ -73,3 +77,141 @@ def test_unknown_score_is_refused():
         importance(tiny(), "gradient")
     with pytest.raises(ValueError, match="needs images"):
         importance(tiny(), "taylor")
+
+
+def test_bad_pruning_arguments_say_what_is_wrong():
+    model = tiny()
+    with pytest.raises(ValueError, match="at least one of its 4 heads"):
+        prune_model(model, [[], [0, 1]], [range(64)] * 2)
+    with pytest.raises(ValueError, match=r"heads to keep must be in 0\.\.3, got \[1, 4\]"):
+        prune_model(model, [[1, 4], [0]], [range(64)] * 2)
+    with pytest.raises(ValueError, match=r"units to keep must be in 0\.\.63"):
+        prune_model(model, [[0], [0]], [range(65), range(3)])
+    with pytest.raises(ValueError, match="at least one of its 64 hidden units"):
+        prune_model(model, [[0], [0]], [[], range(3)])
+    with pytest.raises(ValueError, match="one list of heads and one of units per block"):
+        prune_model(model, [[0]], [range(3)])
+
+
+def test_drop_one_head_losses_are_exact_and_zero_for_a_silent_head(subset):
+    model = tiny()
+    with torch.no_grad():
+        model.blocks[1].attn.proj.weight[:, 8:16] = 0  # head 1 of block 1 adds nothing
+    x, y = subset.train_images[:200], subset.train_labels[:200]
+    losses = drop_one_head_losses(model, x, y, batch_size=64)
+    assert [len(row) for row in losses] == [4, 4]
+    assert abs(losses[1][1].item()) < 1e-5
+    # Block 0, head 3 by hand: the loss without it, minus the loss with it.
+    full = torch.nn.functional.cross_entropy(model(x.float() / 255), y).item()
+    without = prune_model(model, [[0, 1, 2], range(4)], [range(64)] * 2)
+    by_hand = torch.nn.functional.cross_entropy(without(x.float() / 255), y).item() - full
+    assert losses[0][3].item() == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_torch_pruning_removes_the_same_rows_and_columns():
+    model = tiny()
+    theirs = prune_with_torch_pruning(model, heads=2, units=40)
+    keep_heads, keep_units = kept_by(model, theirs)
+    assert [len(h) for h in keep_heads] == [2, 2] and [len(u) for u in keep_units] == [40, 40]
+    ours = prune_model(model, keep_heads, keep_units)
+    assert theirs.cfg.widths() == ours.cfg.widths() == [(2, 40), (2, 40)]
+    assert [p.shape for p in ours.parameters()] == [p.shape for p in theirs.parameters()]
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(x), ours(x), atol=0, rtol=0)
+    # Its ranking is a group L2 norm, like the course's magnitude score: it keeps the units with
+    # the largest weights.
+    _, units = importance(model, "magnitude")
+    assert keep_units == keep_top(units, 40)
+
+
+@pytest.mark.parametrize("scope", ["global", "layer"])
+def test_magnitude_pruning_zeroes_the_smallest_share(scope):
+    model = tiny()
+    pruned = magnitude_prune(model, 0.6, scope)
+    table = sparsity_table(pruned)
+    total = table.zeros.sum() / table.weights.sum()
+    assert total == pytest.approx(0.6, abs=1e-3)
+    if scope == "layer":
+        assert ((table.sparsity - 0.6).abs() < 0.01).all()
+    else:  # one threshold for all: every kept weight is at least as large as every zeroed one
+        kept = torch.cat([m.weight[m.weight != 0].abs() for _, m in prunable_weights(pruned)])
+        gone = torch.cat([m.weight_orig[m.weight_mask == 0].abs() for _, m in prunable_weights(pruned)])
+        assert kept.min() >= gone.max()
+    assert all(hasattr(m, "weight_mask") for _, m in prunable_weights(pruned))
+    assert not any(hasattr(m, "weight_mask") for _, m in prunable_weights(model))  # a copy
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        magnitude_prune(model, 1.0)
+    with pytest.raises(ValueError, match="scope must be"):
+        magnitude_prune(model, 0.5, "block")
+
+
+def test_masks_double_the_file_until_removed_and_csr_shrinks_it_when_sparse():
+    model = tiny()
+    masked = magnitude_prune(model, 0.9)
+    dense = safetensors_bytes(model)
+    assert tensors_bytes(masked.state_dict()) > 1.5 * dense
+    removed = remove_masks(masked)
+    assert sorted(removed.state_dict()) == sorted(model.state_dict())
+    assert tensors_bytes(removed.state_dict()) == dense  # zeros take as many bytes as any number
+    csr32, csr64 = csr_tensors(removed, torch.int32), csr_tensors(removed, torch.int64)
+    assert tensors_bytes(csr32) < tensors_bytes(csr64) < dense
+    assert tensors_bytes(csr_tensors(model, torch.int32)) > dense  # no zeros: CSR only adds indices
+    assert gzip_bytes(removed.state_dict()) < 0.5 * dense
+    back = from_csr_tensors(csr32)
+    assert sorted(back) == sorted(removed.state_dict())
+    for key, value in removed.state_dict().items():
+        assert torch.equal(back[key], value), key
+
+
+def test_each_sparse_file_format_gives_back_the_same_weights():
+    import gzip
+
+    from safetensors.torch import load
+
+    model = remove_masks(magnitude_prune(tiny(), 0.8))
+    state = model.state_dict()
+    files = {fmt: sparse_file_bytes(model, fmt) for fmt in ("dense", "gzip", "csr64", "csr32")}
+    assert len(files["dense"]) == safetensors_bytes(model)
+    assert len(files["csr32"]) < len(files["csr64"]) < len(files["dense"])
+    for fmt, blob in files.items():
+        tensors = load(gzip.decompress(blob) if fmt == "gzip" else blob)
+        back = from_csr_tensors(tensors) if fmt.startswith("csr") else tensors
+        assert sorted(back) == sorted(state), fmt
+        for key, value in state.items():
+            assert torch.equal(back[key], value), (fmt, key)
+    with pytest.raises(ValueError, match="format must be one of dense, gzip, csr64, csr32, got 'zip'"):
+        sparse_file_bytes(model, "zip")
+
+
+def test_csr_refuses_a_model_with_masks_and_indices_too_narrow():
+    with pytest.raises(ValueError, match="call remove_masks"):
+        csr_tensors(magnitude_prune(tiny(), 0.5))
+    wide = torch.nn.Sequential(torch.nn.Linear(300, 2))
+    with pytest.raises(ValueError, match="more rows or columns than torch.int8"):
+        csr_tensors(wide, torch.int8)
+
+
+def test_a_file_with_broken_csr_indices_is_refused():
+    tensors = csr_tensors(remove_masks(magnitude_prune(tiny(), 0.5)))
+    key = next(k for k in tensors if k.endswith(".col_indices"))
+    tensors[key] = tensors[key] + 10_000  # column indices beyond the matrix
+    with pytest.raises(RuntimeError, match=r"weight: not a valid CSR matrix .*col_indices"):
+        from_csr_tensors(tensors)
+
+
+def test_a_sparsity_sweep_fine_tunes_through_the_masks(subset):
+    from test_train import small
+
+    data = small(subset, 256, 200)
+    rows, models = sparsity_sweep(tiny(), data, [0.5], get_recipe("finetune-brief"))
+    (row,) = rows
+    assert set(row) >= {"global", "layer", "fine-tuned", "dense", "csr32", "csr64", "gzip"}
+    tuned, untuned = models[0.5], remove_masks(magnitude_prune(tiny(), 0.5))
+    table = sparsity_table(tuned)
+    assert table.zeros.sum() / table.weights.sum() == pytest.approx(0.5, abs=1e-3)  # still 50% zeros
+    assert not any(hasattr(m, "weight_mask") for _, m in prunable_weights(tuned))
+    w, w0 = tuned.blocks[0].mlp.fc1.weight, untuned.blocks[0].mlp.fc1.weight
+    assert torch.equal(w == 0, w0 == 0)  # the same weights are zero ...
+    assert not torch.equal(w, w0)  # ... and the others were trained
+    assert row["dense"] == safetensors_bytes(tuned)

@@ -25,22 +25,40 @@ def cmd_train(args):
     from . import checkpoint
     from .train import evaluate, fit, get_recipe
 
+    if not args.teacher and (args.alpha != 1.0 or args.temperature != 1.0):
+        raise SystemExit("error: --alpha and --temperature set the distillation loss; give --teacher too")
+    if not 0.0 <= args.alpha <= 1.0 or args.temperature <= 0:
+        raise SystemExit(f"error: --alpha must lie in [0, 1] and --temperature be positive "
+                         f"(got {args.alpha} and {args.temperature})")
     overrides = {"epochs": args.epochs} if args.epochs else {}
     recipe = get_recipe(args.recipe, **overrides)
     start = checkpoint.load_model(args.init) if args.init else None
+    # fit() writes the new training record onto the model it trains: keep the starting one.
+    init = ({"path": str(args.init), "weights_sha256": start.weights_sha256,
+             "provenance": start.provenance} if start is not None else None)
+    loss_fn, teacher = None, None
+    if args.teacher:
+        from .distill import DistillationLoss
+        from .train import recipe_loss
+
+        teacher_model = checkpoint.load_model(args.teacher)
+        loss_fn = DistillationLoss(teacher_model, args.alpha, args.temperature, recipe_loss(recipe))
+        teacher = {"path": str(args.teacher), "weights_sha256": teacher_model.weights_sha256,
+                   "alpha": args.alpha, "temperature": args.temperature}
     data = _data(args.data)
     out = Path(args.out)
     name = args.name or recipe.name
     state_path = out / f"{name}.last.pt"
-    model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start)
+    model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start,
+                         loss_fn=loss_fn)
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
     tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
     provenance = {
         **model.provenance,
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
         "data_sha256": _data_sha256(args.data),
-        "init": ({"path": str(args.init), "weights_sha256": start.weights_sha256,
-                  "provenance": start.provenance} if start is not None else None),
+        "init": init,
+        "teacher": teacher,
         "test_acc": test_acc,
         "test_acc_flip_tta": tta_acc,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -55,34 +73,71 @@ def cmd_train(args):
 
 def cmd_prune(args):
     from . import checkpoint
-    from .prune import importance, keep_top, prune_model
+    from .prune import prune_by_score
 
     model = checkpoint.load_model(args.checkpoint)
-    images = labels = None
-    if args.score == "taylor":
-        data = _data(args.data)
-        # A fixed random sample of training images (never test images) ranks the heads and units.
-        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(args.seed))
-        pick = pick[: args.images]
-        images, labels = data.train_images[pick], data.train_labels[pick]
-    heads, units = importance(model, args.score, images, labels, seed=args.seed)
-    keep_heads, keep_units = keep_top(heads, args.heads), keep_top(units, args.mlp_units)
-    pruned = prune_model(model, keep_heads, keep_units)
+    data = _data(args.data) if args.score == "taylor" else None
+    try:
+        pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score, data,
+                                        n_images=args.images, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: --{str(e).replace('units:', 'mlp-units:')}") from None
     provenance = {
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
         "pruned_from": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
-        "score": args.score,
-        "score_images": len(labels) if labels is not None else 0,
         "data_sha256": _data_sha256(args.data),
-        "seed": args.seed,
-        "kept_heads": keep_heads,
-        "kept_units": keep_units,
-        "head_scores": [h.tolist() for h in heads],
-        "widths": [list(w) for w in pruned.cfg.widths()],
+        **record,
     }
     sha = checkpoint.save_model(pruned, args.out, provenance)
-    print(f"kept heads {keep_heads} and {args.mlp_units} MLP units per block ({args.score} score); "
+    print(f"kept heads {record['kept_heads']} and {len(record['kept_units'][0])} MLP units per block ({args.score} score); "
           f"wrote {args.out} (sha256 {sha[:12]}…)")
+
+
+def cmd_sparsity_sweep(args):
+    from . import checkpoint
+    from .measure import machine_info
+    from .prune import sparsity_sweep
+    from .train import get_recipe
+
+    bad = [level for level in args.levels if not 0 <= level < 1]
+    if bad:
+        raise SystemExit(f"--levels are shares of weights to zero, each in [0, 1); got {bad}")
+    model = checkpoint.load_model(args.checkpoint)
+    recipe = get_recipe(args.recipe, **({"epochs": args.epochs} if args.epochs else {}))
+    data = _data(args.data)
+    t0 = time.perf_counter()
+    rows, models = sparsity_sweep(model, data, args.levels, recipe, progress=True)
+    command = "python -m leanformer " + " ".join(sys.argv[1:])
+    if args.save_dir:
+        for row in rows:
+            path = Path(args.save_dir) / f"sparse-{100 * row['sparsity']:g}.safetensors"
+            checkpoint.save_model(models[row["sparsity"]], path, {
+                **models[row["sparsity"]].provenance,  # the fine-tune's record: history, machine
+                "command": command, "pruned_from": {"path": str(args.checkpoint),
+                                                     "weights_sha256": model.weights_sha256},
+                "sparsity": row["sparsity"], "scope": "global", "recipe": recipe.to_dict(),
+                "data_source": data.source, "test_images": len(data.test_labels),
+                "test_acc": row["fine-tuned"], "train_wall_time_s": row["fine-tune (s)"],
+                "epochs": recipe.epochs, "train_images_seen": recipe.epochs * len(data.train_labels)})
+    # The highest sparsity within a point of the checkpoint's recorded accuracy on these test images.
+    ref_acc = model.provenance.get("test_acc")
+    if model.provenance.get("test_images") != len(data.test_labels):
+        ref_acc = None
+    within = [r["sparsity"] for r in rows if ref_acc is not None and r["fine-tuned"] >= ref_acc - 0.01]
+    result = {
+        "command": command,
+        "checkpoint_test_acc": ref_acc,
+        "highest_sparsity_within_1_point": max(within) if within else None,
+        "checkpoint": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
+        "data_source": data.source, "data_sha256": _data_sha256(args.data),
+        "train_images": len(data.train_labels), "test_images": len(data.test_labels),
+        "recipe": recipe.to_dict(), "machine": machine_info(),
+        "wall_time_s": time.perf_counter() - t0,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+    }
+    checkpoint.atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    print(f"wrote {args.out}")
 
 
 def cmd_evaluate(args):
@@ -144,7 +199,20 @@ def main(argv=None):
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument("--init", help="start from this .safetensors model (a fine-tune) instead of scratch")
     p.add_argument("--name", help="file name for OUT/NAME.safetensors and .json (default: the recipe's)")
+    p.add_argument("--teacher", help="distil from this .safetensors model (leanformer.distill)")
+    p.add_argument("--alpha", type=float, default=1.0, help="weight of the teacher's soft targets (default 1)")
+    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sparsity-sweep", help="magnitude-prune to several sparsities, fine-tune each, write a JSON table")
+    p.add_argument("checkpoint")
+    p.add_argument("--data", help="CIFAR-10 path")
+    p.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8, 0.9])
+    p.add_argument("--recipe", default="finetune-brief", help="fine-tune recipe (default finetune-brief)")
+    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--save-dir", help="also save each fine-tuned sparse model there (sparse-NN.safetensors)")
+    p.set_defaults(func=cmd_sparsity_sweep)
 
     p = sub.add_parser("prune", help="remove attention heads and MLP units by importance; writes a smaller model")
     p.add_argument("checkpoint")

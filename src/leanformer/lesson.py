@@ -8,6 +8,7 @@ about two minutes on a laptop CPU; tests and CI use it. Full mode runs each less
 written for a reader with a GPU or time to spare. Choose it with the environment variable
 ``LEANFORMER_MODE=full`` or by setting ``QUICK = False`` in a lesson's setup cell.
 """
+import logging
 import os
 import random
 from pathlib import Path
@@ -30,6 +31,9 @@ def setup(seed=0):
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+    # torch.utils.benchmark imports torch.utils.cpp_extension, which logs a guess at CUDA_HOME on
+    # a machine without CUDA. The lessons build no extensions, so the line is only noise.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     _inline_plots()
     use_course_style()
     quick = is_quick()

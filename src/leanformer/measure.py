@@ -35,12 +35,22 @@ def size_on_disk(model):
     return buffer.getbuffer().nbytes
 
 
-def safetensors_bytes(model):
-    """Bytes of the model's weights as one .safetensors file (what ``save_model`` writes, less
-    its metadata)."""
+def safetensors_blob(tensors: dict) -> bytes:
+    """``tensors`` (name -> tensor) as the bytes of one .safetensors file, without metadata."""
     from safetensors.torch import save
 
-    return len(save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
+    return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+
+
+def tensors_bytes(tensors: dict) -> int:
+    """Bytes of ``tensors`` written as one .safetensors file, without metadata."""
+    return len(safetensors_blob(tensors))
+
+
+def safetensors_bytes(model) -> int:
+    """Bytes of the model's weights as one .safetensors file (what ``save_model`` writes, less
+    its metadata)."""
+    return tensors_bytes(model.state_dict())
 
 
 def count_flops(model, *inputs, backward=False):
@@ -166,6 +176,11 @@ class Spread:
         else:
             q1 = q3 = values[0]
         return cls(statistics.median(values), q1, q3, values[0], values[-1], len(values))
+
+    def overlaps(self, other: "Spread") -> bool:
+        """Whether the two ranges (min to max) share any value: two timings that overlap are not
+        told apart by this measurement."""
+        return self.min <= other.max and other.min <= self.max
 
     def format(self, digits=2):
         return f"{self.median:,.{digits}f} ({self.min:,.{digits}f}–{self.max:,.{digits}f})"

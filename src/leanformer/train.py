@@ -88,6 +88,12 @@ RECIPES["reference-no-mix"] = replace(RECIPES["reference-no-autoaugment"],
 # one-epoch warm-up, so the weights move without forgetting. Pass the model to ``fit``.
 RECIPES["finetune"] = replace(RECIPES["reference"], name="finetune", epochs=18, lr=5e-4,
                               warmup_epochs=1)
+# One pass of crops and flips at a low rate: the brief repair a lesson gives each of many
+# pruned models, to compare them (lesson 04). fp32: a pass this short is not worth a precision
+# question, and on a CPU without bf16 matrix units fp32 is the faster format.
+RECIPES["finetune-brief"] = replace(RECIPES["finetune"], name="finetune-brief", epochs=1, lr=2e-4,
+                                    warmup_epochs=0.1, auto_augment="", mix_prob=0.0,
+                                    precision="fp32")
 
 
 class RecipeError(ValueError):
