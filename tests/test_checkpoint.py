@@ -125,6 +125,15 @@ def test_shipped_checkpoints_load_unchanged():
         assert model.cfg.block_widths == () and model.cfg.widths() == [(4, 256)] * 4, path
 
 
+@pytest.mark.parametrize("path", sorted((checkpoint.REPO_ROOT / "checkpoints").rglob("*.safetensors")),
+                         ids=lambda p: p.stem)
+def test_every_shipped_checkpoint_loads_and_its_json_names_its_weights(path):
+    model = load_model(path)  # checks the weights against the sha256 in the file's metadata
+    beside = json.loads(path.with_suffix(".json").read_text())
+    assert beside["weights_sha256"] == model.weights_sha256
+    assert beside["command"].startswith("python -m leanformer ")
+
+
 def test_weights_that_do_not_fit_the_config_give_one_clear_error(tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -212,3 +221,5 @@ def test_cli_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, ti
     weights = torch.cat([saved.blocks[0].mlp.fc1.weight.flatten(), saved.blocks[0].attn.qkv.weight.flatten()])
     assert 0.3 < (weights == 0).float().mean() < 0.8  # global: about half, not exactly per layer
     assert saved.provenance["test_acc"] == row["fine-tuned"]
+    beside = json.loads((tmp_path / "sparse" / "sparse-50.json").read_text())  # readable without Python
+    assert beside["weights_sha256"] == saved.weights_sha256 and beside["sparsity"] == 0.5

@@ -64,11 +64,20 @@ def cmd_train(args):
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     model_path = out / f"{name}.safetensors"
-    sha = checkpoint.save_model(model, model_path, provenance)
-    checkpoint.atomic_write(out / f"{name}.json",
-                            lambda tmp: tmp.write_text(json.dumps({**provenance, "weights_sha256": sha},
-                                                                  indent=1) + "\n"))
+    _save_with_json(model, model_path, provenance)
     print(f"test accuracy {test_acc:.4f} (flip TTA {tta_acc:.4f}); wrote {model_path}")
+
+
+def _save_with_json(model, path, provenance):
+    """Save ``model`` with ``provenance`` to ``path`` and the same provenance, with the weights'
+    sha256, to the .json beside it (readable without Python). Returns the sha256."""
+    from . import checkpoint
+
+    path = Path(path)
+    sha = checkpoint.save_model(model, path, provenance)
+    checkpoint.atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(
+        json.dumps({**provenance, "weights_sha256": sha}, indent=1) + "\n"))
+    return sha
 
 
 def cmd_prune(args):
@@ -88,7 +97,7 @@ def cmd_prune(args):
         "data_sha256": _data_sha256(args.data),
         **record,
     }
-    sha = checkpoint.save_model(pruned, args.out, provenance)
+    sha = _save_with_json(pruned, args.out, provenance)
     print(f"kept heads {record['kept_heads']} and {len(record['kept_units'][0])} MLP units per block ({args.score} score); "
           f"wrote {args.out} (sha256 {sha[:12]}…)")
 
@@ -111,7 +120,7 @@ def cmd_sparsity_sweep(args):
     if args.save_dir:
         for row in rows:
             path = Path(args.save_dir) / f"sparse-{100 * row['sparsity']:g}.safetensors"
-            checkpoint.save_model(models[row["sparsity"]], path, {
+            _save_with_json(models[row["sparsity"]], path, {
                 **models[row["sparsity"]].provenance,  # the fine-tune's record: history, machine
                 "command": command, "pruned_from": {"path": str(args.checkpoint),
                                                      "weights_sha256": model.weights_sha256},
