@@ -5,7 +5,7 @@ import torch
 
 from leanformer import checkpoint
 from leanformer.data import CIFAR10
-from leanformer.train import (Batch, RecipeError, autocast_dtype, build_model, evaluate, fit,
+from leanformer.train import (Batch, RecipeError, build_model, evaluate, fit,
                               get_recipe, lr_at, mixed_cross_entropy)
 
 
@@ -84,15 +84,6 @@ def test_schedule_warms_up_then_decays_to_zero():
     mid = lr_at(warm + (total - warm) // 2, total, warm, peak)
     assert mid == pytest.approx(peak / 2)
     assert math.isclose(lr_at(550, total, warm, peak), mid)
-
-
-def test_precision_choices():
-    assert autocast_dtype("fp32", "cpu") is None
-    assert autocast_dtype("bf16", "cpu") == torch.bfloat16
-    with pytest.raises(ValueError, match="fp16 autocast is for CUDA"):
-        autocast_dtype("fp16", "cpu")
-    with pytest.raises(ValueError, match="precision must be"):
-        autocast_dtype("int4", "cpu")
 
 
 def test_unknown_recipe_lists_the_known_ones():

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .measure import count_flops, machine_info
-from .train import autocast, build_model, get_recipe
+from .precision import autocast
+from .train import build_model, get_recipe
 
 
 class NaiveTransformer(nn.Module):

@@ -206,7 +206,7 @@ def _random_images(model, batch_size, image_size=32):
 
 def _runner(model, precision, make_input):
     """A no-argument function that runs ``model`` on one input batch as it would be served."""
-    from .train import autocast, autocast_dtype
+    from .precision import autocast, autocast_dtype
 
     device = _device_of(model)
     x = make_input()

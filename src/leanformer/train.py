@@ -8,7 +8,6 @@ does), so distillation plugs a teacher into the same loop, and it starts from gi
 Reproducibility: every random draw of epoch ``e`` comes from generators seeded with
 ``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
 """
-import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from . import checkpoint
 from .data import augment, auto_augment, batches, check_auto_augment_policy, mix
 from .model import ViTConfig, VisionTransformer
+from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Recipe:
     mix_prob: float = 0.0  # share of batches mixed by mixup or CutMix (0: off)
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
-    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (fp16 on CUDA only)
+    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (leanformer.precision)
     seed: int = 0
 
     def to_dict(self):
@@ -83,6 +83,12 @@ RECIPES["reference-no-autoaugment"] = replace(
     auto_augment="", model={**RECIPES["reference"].model, "conv_channels": (64, 128)})
 RECIPES["reference-no-mix"] = replace(RECIPES["reference-no-autoaugment"],
                                       name="reference-no-mix", epochs=65, mix_prob=0.0)
+# Lesson 07's parity runs: the reference from scratch with crops and flips, for a fifteenth of its
+# epochs, once in float32 and once under bf16 autocast, from the same seed (same initial weights,
+# same batches, same augmentation). Only the precision differs.
+RECIPES["parity-fp32"] = replace(RECIPES["reference"], name="parity-fp32", epochs=8, warmup_epochs=1,
+                                 auto_augment="", mix_prob=0.0, precision="fp32")
+RECIPES["parity-bf16"] = replace(RECIPES["parity-fp32"], name="parity-bf16", precision="bf16")
 # A short fine-tune of a model that already learned (a pruned or quantization-aware copy of the
 # reference): the reference's augmentation, 15% of its epochs, a third of its peak rate and a
 # one-epoch warm-up, so the weights move without forgetting. Pass the model to ``fit``.
@@ -113,39 +119,6 @@ def get_recipe(name, **overrides):
 def build_model(recipe):
     torch.manual_seed(recipe.seed)
     return VisionTransformer(ViTConfig(**recipe.model))
-
-
-# --- precision -------------------------------------------------------------------------------
-
-def cpu_supports_bf16():
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    from .measure import cpu_flags
-
-    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
-
-
-def autocast_dtype(precision, device):
-    """The dtype that ``torch.autocast`` should use, or None for plain fp32."""
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else None
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError("fp16 autocast is for CUDA; use precision='bf16' or 'fp32' on a CPU")
-        return torch.float16
-    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
-
-
-def autocast(dtype, device):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
 def default_device():
@@ -258,7 +231,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
         [{"params": decay, "weight_decay": recipe.weight_decay},
          {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
     dtype = autocast_dtype(recipe.precision, device)
-    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    scaler = grad_scaler(dtype, device)
 
     history, start_epoch = [], 0
     if resume and state_path and Path(state_path).exists():

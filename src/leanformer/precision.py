@@ -1,0 +1,217 @@
+"""Number formats and mixed precision in one place: what each format can hold, which processor
+instructions make bf16 fast, the autocast context, and loss scaling. ``fit``, ``measure_costs``,
+the benchmark and lesson 07 all use these.
+
+Autocast runs the matrix products (``nn.Linear``, convolutions, attention) in a low-precision
+format while the weights, the optimizer and the residual additions stay in float32 ("mixed"
+precision). float16 gradients underflow, so float16 training scales the loss first
+(``grad_scaler``); bfloat16 has float32's exponent range and needs no scaling.
+"""
+import contextlib
+
+import torch
+
+from .measure import cpu_flags
+
+# (sign, exponent, mantissa) bits of each format.
+LAYOUT = {torch.float32: (1, 8, 23), torch.float16: (1, 5, 10), torch.bfloat16: (1, 8, 7)}
+NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def format_facts(dtype: torch.dtype) -> dict:
+    """What ``dtype`` can hold, from ``torch.finfo`` and its bit layout: the largest value, the
+    smallest normal and subnormal numbers, the machine epsilon (the gap after 1.0), and the
+    largest integer up to which every integer is exact (2 to the power mantissa bits + 1)."""
+    sign, exponent, mantissa = LAYOUT[dtype]
+    fi = torch.finfo(dtype)
+    return {"bits": fi.bits, "sign": sign, "exponent": exponent, "mantissa": mantissa,
+            "max": fi.max, "smallest normal": fi.smallest_normal,
+            "smallest subnormal": fi.smallest_normal * 2.0**-mantissa, "eps": fi.eps,
+            "largest exact integer": 2 ** (mantissa + 1)}
+
+
+def bf16_support(device="cpu") -> tuple[bool, str]:
+    """Whether ``device`` computes in bf16 natively, and the instructions that say so.
+
+    On a CPU: AMX-BF16 (Intel Sapphire Rapids and later) multiplies bf16 tiles in dedicated
+    matrix units; AVX512-BF16 (Intel Cooper Lake and later, AMD Zen 4 and later) has bf16 dot
+    products in the vector units. Without either, PyTorch widens bf16 to float32 to compute, and
+    bf16 can be slower than float32."""
+    if torch.device(device).type == "cuda":
+        ok = torch.cuda.is_bf16_supported()
+        return ok, f"CUDA GPU {torch.cuda.get_device_name()}: bf16 {'supported' if ok else 'not supported'}"
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return True, "AMX-BF16: bf16 matrix tiles" + (" and AVX512-BF16" if "avx512_bf16" in flags else "")
+    if "avx512_bf16" in flags:
+        return True, "AVX512-BF16: bf16 dot products in the vector units (no AMX)"
+    return False, "neither AVX512-BF16 nor AMX-BF16: bf16 is widened to float32 to compute"
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
+    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def autocast_dtype(precision: str, device) -> torch.dtype | None:
+    """The dtype that ``torch.autocast`` should use for ``precision`` ("auto", "fp32", "bf16" or
+    "fp16"), or None for plain float32. "auto" takes bf16 where the hardware computes in it."""
+    device = torch.device(device)
+    if precision == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if cpu_supports_bf16() else None
+    if precision == "fp32":
+        return None
+    if precision in ("bf16", "fp16"):
+        return NAMES[precision]
+    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+
+
+def autocast(dtype: torch.dtype | None, device):
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a context that does nothing."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def grad_scaler(dtype: torch.dtype | None, device) -> "torch.amp.GradScaler | None":
+    """A loss scaler where the gradients are float16 (whose range is too narrow for small
+    gradients), else None: bf16 and float32 have float32's range."""
+    if dtype != torch.float16:
+        return None
+    return torch.amp.GradScaler(torch.device(device).type)
+
+
+def flush_share(values: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> float:
+    """The share of the non-zero entries of ``values`` (float32) that become exactly zero when
+    multiplied by ``scale`` and stored in ``dtype``: what underflow takes."""
+    nonzero = _nonzero(values) * scale
+    return ((nonzero.to(dtype) == 0).float().mean().item()) if nonzero.numel() else 0.0
+
+
+def overflow_share(values: torch.Tensor, dtype: torch.dtype, scale: float = 1.0) -> float:
+    """The share of the non-zero entries of ``values`` that become infinite when multiplied by
+    ``scale`` and stored in ``dtype``: what too large a loss scale does."""
+    nonzero = _nonzero(values) * scale
+    return ((nonzero.to(dtype).isinf()).float().mean().item()) if nonzero.numel() else 0.0
+
+
+def _nonzero(values):
+    values = values.detach().float().flatten()
+    return values[values != 0]
+
+
+def output_dtypes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
+                  device="cpu") -> list[dict]:
+    """Run ``model`` on ``x`` under autocast to ``dtype`` and return, for every module in call
+    order, its name, class and the dtype of its input and output: which layers run in low
+    precision and which stay in float32."""
+    rows, handles = [], []
+
+    def first_tensor(obj):
+        if isinstance(obj, torch.Tensor):
+            return obj
+        if isinstance(obj, (tuple, list)):
+            return next((t for t in map(first_tensor, obj) if t is not None), None)
+        return None
+
+    def hook(name):
+        def record(module, args, output):
+            t_in, t_out = first_tensor(args), first_tensor(output)
+            rows.append({"module": name or "(model)", "class": type(module).__name__,
+                         "input": str(t_in.dtype).replace("torch.", "") if t_in is not None else "",
+                         "output": str(t_out.dtype).replace("torch.", "") if t_out is not None else ""})
+        return record
+
+    for name, module in model.named_modules():
+        handles.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad(), autocast(dtype, device):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return rows
+
+
+def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
+                           device="cpu") -> int:
+    """Bytes of the tensors that one forward pass under autocast to ``dtype`` keeps for the
+    backward pass: the activation memory of a training step, which grows with the batch (the
+    weights, gradients and optimizer state stay float32 under autocast). The model is left in
+    its mode, without gradients."""
+    total, seen = 0, set()
+
+    def pack(t):
+        nonlocal total
+        key = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
+        if key not in seen and not isinstance(t, torch.nn.Parameter):
+            seen.add(key)
+            total += t.numel() * t.element_size()
+        return t
+
+    was_training = model.training
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(dtype, device):
+        model(x).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return total
+
+
+# Which aten operations make up each kind of work, for ``time_by_kind``. A ``copy_`` counts as a
+# format cast only when a conversion (``_to_copy``) called it; otherwise it is a layout copy
+# (``contiguous``, ``reshape``) and counts as "other".
+KINDS = {
+    "matrix products": ("mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "convolution",
+                        "_convolution", "mkldnn_convolution", "convolution_backward",
+                        "_scaled_dot_product_flash_attention_for_cpu",
+                        "_scaled_dot_product_flash_attention_for_cpu_backward"),
+    "softmax and LayerNorm": ("_softmax", "_softmax_backward_data", "native_layer_norm",
+                              "native_layer_norm_backward"),
+    "GELU, ReLU, pooling": ("gelu", "gelu_backward", "relu", "threshold_backward",
+                            "max_pool2d_with_indices", "max_pool2d_with_indices_backward"),
+    "format casts": ("_to_copy",),
+}
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence what C++ code writes to the process's stderr (the profiler's start and stop
+    lines), which Python's ``sys.stderr`` cannot catch."""
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def time_by_kind(step, repeats: int = 3) -> dict:
+    """Run ``step()`` (a training or inference step) ``repeats`` times under the PyTorch profiler
+    and share its CPU time among the kinds of work in ``KINDS``, plus "other": element-wise
+    arithmetic (the optimizer's included), reshapes, the loss and the framework's own work.
+    Self time only, so nothing is counted twice."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()  # warm-up: kernel selection and caches
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    kind_of = {f"aten::{op}": kind for kind, ops in KINDS.items() for op in ops}
+    shares = {kind: 0.0 for kind in (*KINDS, "other")}
+    for event in prof.events():
+        kind = kind_of.get(event.name, "other")
+        parent = event.cpu_parent
+        if event.name == "aten::copy_" and parent is not None and parent.name == "aten::_to_copy":
+            kind = "format casts"
+        shares[kind] += event.self_cpu_time_total
+    total = sum(shares.values())
+    return {kind: t / total for kind, t in shares.items()}
