@@ -49,8 +49,8 @@ def bf16_support(device="cpu") -> tuple[bool, str]:
 
 
 def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX)."""
-    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+    """True when this CPU has native bf16 arithmetic (AVX512-BF16 or AMX): ``bf16_support``'s answer."""
+    return bf16_support("cpu")[0]
 
 
 def autocast_dtype(precision: str, device) -> torch.dtype | None:

@@ -403,7 +403,12 @@ def from_csr_tensors(tensors: dict) -> dict:
 def gzip_bytes(tensors: dict, level: int = 9) -> int:
     """Bytes of ``tensors`` as one .safetensors file after gzip: how far a general compressor
     gets on the zeros."""
-    return len(gzip.compress(safetensors_blob(tensors), compresslevel=level, mtime=0))
+    return len(_gzip(safetensors_blob(tensors), level))
+
+
+def _gzip(blob: bytes, level: int = 9) -> bytes:
+    """``blob`` gzipped reproducibly (no time stamp in the header)."""
+    return gzip.compress(blob, compresslevel=level, mtime=0)
 
 
 SPARSE_FORMATS = ("dense", "gzip", "csr64", "csr32")
@@ -418,7 +423,7 @@ def sparse_file_bytes(model: nn.Module, fmt: str) -> bytes:
     if fmt.startswith("csr"):
         return safetensors_blob(csr_tensors(model, torch.int64 if fmt == "csr64" else torch.int32))
     blob = safetensors_blob(model.state_dict())
-    return gzip.compress(blob, compresslevel=9, mtime=0) if fmt == "gzip" else blob
+    return _gzip(blob) if fmt == "gzip" else blob
 
 
 def sparsity_sweep(model: nn.Module, data, levels: list[float], recipe=None, finetune: bool = True,
