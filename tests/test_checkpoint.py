@@ -223,3 +223,55 @@ def test_cli_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, ti
     assert saved.provenance["test_acc"] == row["fine-tuned"]
     beside = json.loads((tmp_path / "sparse" / "sparse-50.json").read_text())  # readable without Python
     assert beside["weights_sha256"] == saved.weights_sha256 and beside["sparsity"] == 0.5
+
+
+def test_the_file_names_its_arch_and_an_unknown_one_is_refused(tmp_path):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    path = tmp_path / "m.safetensors"
+    save_model(tiny_model(), path)
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata()
+    assert metadata["arch"] == "vit"
+    # A file from before the ConvNet (no "arch") is a ViT; one from a newer leanformer is refused.
+    state = load_file(str(path))
+    save_file(state, str(path), metadata={k: v for k, v in metadata.items() if k != "arch"})
+    assert isinstance(load_model(path), VisionTransformer)
+    save_file(state, str(path), metadata={**metadata, "arch": "resnet"})
+    with pytest.raises(CheckpointError, match="architecture 'resnet'.*knows vit, convnet"):
+        load_model(path)
+
+
+def test_save_model_refuses_a_model_it_could_not_load(tmp_path):
+    with pytest.raises(CheckpointError, match="VisionTransformer or a ConvNet, not a Linear"):
+        save_model(torch.nn.Linear(2, 2), tmp_path / "m.safetensors")
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_weights_sha256_covers_zero_dim_tensors_and_is_unchanged_for_others():
+    one = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "n": torch.tensor(5)}
+    other = {"w": one["w"], "n": torch.tensor(6)}
+    assert checkpoint.weights_sha256(one) != checkpoint.weights_sha256(other)
+    import hashlib  # the digest of a tensor with dimensions is what it always was
+
+    h = hashlib.sha256()
+    h.update(b"w|torch.float32|(2, 3)|")
+    h.update(one["w"].view(torch.uint8).numpy().tobytes())
+    assert checkpoint.weights_sha256({"w": one["w"]}) == h.hexdigest()
+
+
+def test_cli_trains_a_convnet_that_evaluate_loads(tmp_path, tiny_folder):
+    from leanformer.convnet import ConvNet
+
+    run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "teacher-cnn-quick",
+                          "--epochs", "1", "--data", str(tiny_folder), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    path = tmp_path / "teacher-cnn-quick.safetensors"
+    model = load_model(path)
+    assert isinstance(model, ConvNet) and model.cfg.widths == (16, 32, 32)
+    assert json.loads(path.with_suffix(".json").read_text())["arch"] == "convnet"
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--data",
+                          str(tiny_folder), "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout[out.stdout.index("{"):])["test_images"] == 40

@@ -2,8 +2,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from leanformer import checkpoint
+from leanformer.data import CIFAR10
 from leanformer.distill import DistillationLoss, soft_target_loss
-from leanformer.train import Batch, mixed_cross_entropy
+from leanformer.train import Batch, build_model, fit, get_recipe, mixed_cross_entropy, recipe_loss
 
 
 def test_soft_target_loss_is_the_scaled_kl_divergence():
@@ -40,3 +42,37 @@ def test_distillation_loss_refuses_bad_settings():
         DistillationLoss(teacher, temperature=0)
     with pytest.raises(ValueError, match="pass hard_loss"):
         DistillationLoss(teacher, alpha=0.5)
+
+
+def test_a_resumed_distillation_run_matches_an_uninterrupted_one(subset, tmp_path, monkeypatch):
+    """A ConvNet teacher, a ViT student: killed after its first epoch and resumed from the state
+    file, the student ends with the very weights of an uninterrupted run."""
+    data = CIFAR10(subset.train_images[::20], subset.train_labels[::20],  # 250 images, all classes
+                   subset.test_images[::100], subset.test_labels[::100], subset.source)
+    teacher = build_model(get_recipe("teacher-cnn-quick"), data).eval()  # whitened, untrained
+    recipe = get_recipe("quick", epochs=2, mix_prob=0.5)  # mixing draws random numbers too
+
+    def distill():  # a fresh loss for each run, as a fresh process would build it
+        return DistillationLoss(teacher, alpha=0.5, temperature=2.0, hard_loss=recipe_loss(recipe))
+
+    uninterrupted, history = fit(recipe, data, progress=False, loss_fn=distill())
+
+    state = tmp_path / "student.last.pt"
+    real_save = checkpoint.save_state
+    saves = []
+
+    def save_then_die(path, st):
+        real_save(path, st)
+        saves.append(st["epoch"])
+        raise KeyboardInterrupt  # killed right after the first epoch was saved
+
+    monkeypatch.setattr(checkpoint, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(recipe, data, state_path=state, progress=False, loss_fn=distill())
+    monkeypatch.setattr(checkpoint, "save_state", real_save)
+    resumed, resumed_history = fit(recipe, data, state_path=state, resume=True, progress=False,
+                                   loss_fn=distill())
+    assert saves == [1] and len(resumed_history) == 2
+    assert [h["train_loss"] for h in resumed_history] == [h["train_loss"] for h in history]
+    for (name, a), b in zip(uninterrupted.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name

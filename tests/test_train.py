@@ -75,6 +75,27 @@ def test_resume_refuses_another_recipe(subset, tmp_path):
         fit(get_recipe("quick", epochs=1, lr=1e-4), data, state_path=state, resume=True, progress=False)
 
 
+def test_a_state_saved_before_new_recipe_fields_still_resumes(subset, tmp_path):
+    """A state written before ``arch``, ``optimizer`` and the rest existed lacks them: they mean
+    their defaults, so the same recipe resumes; a changed field is still refused."""
+    from leanformer.train import Recipe
+
+    data = small(subset, 256, 100)
+    state = tmp_path / "last.pt"
+    fit(get_recipe("quick", epochs=1), data, state_path=state, progress=False)
+    old = checkpoint.load_state(state)
+    added = ("arch", "optimizer", "momentum", "nesterov", "batchnorm_lr_scale")
+    old["recipe"] = {k: v for k, v in old["recipe"].items() if k not in added}
+    checkpoint.save_state(state, old)
+    _, history = fit(get_recipe("quick", epochs=1), data, state_path=state, resume=True, progress=False)
+    assert history == old["history"]
+    assert {k: Recipe.defaults()[k] for k in added} == {
+        "arch": "vit", "optimizer": "adamw", "momentum": 0.9, "nesterov": True, "batchnorm_lr_scale": 1.0}
+    with pytest.raises(checkpoint.CheckpointError, match="different recipe"):
+        fit(get_recipe("quick", epochs=1, optimizer="sgd"), data, state_path=state, resume=True,
+            progress=False)
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     peak, total, warm = 1e-3, 1000, 100
     assert lr_at(0, total, warm, peak) == pytest.approx(peak / warm)
@@ -132,6 +153,7 @@ def test_fit_starts_from_given_weights_and_records_what_it_cost(subset):
     assert abs(evaluate(tuned, data.test_images, data.test_labels)[0] - acc_before) < 0.05
     record = tuned.provenance
     assert record["epochs"] == 1 and record["train_images_seen"] == 256
+    assert record["arch"] == "vit" and record["recipe"]["arch"] == "vit"
     assert record["train_wall_time_s"] == pytest.approx(history[0]["epoch_time_s"])
 
 

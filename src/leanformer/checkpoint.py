@@ -1,7 +1,8 @@
 """Saving and loading models and training state, safely.
 
-* A finished model is one ``.safetensors`` file. Its metadata carry the model config, the
-  provenance, and a sha256 of the weights that ``load_model`` checks. Loading runs no code.
+* A finished model is one ``.safetensors`` file. Its metadata carry the architecture ("vit" or
+  "convnet"; files without it are Vision Transformers), the model config, the provenance, and a
+  sha256 of the weights that ``load_model`` checks. Loading runs no code.
 * Training state (model, optimizer, history) for ``--resume`` is a ``torch.save`` file read back
   with ``weights_only=True``, so it cannot execute code either.
 * Every file is written to a temporary name and renamed into place: a kill mid-write leaves the
@@ -14,10 +15,14 @@ from pathlib import Path
 
 import torch
 
+from .convnet import ConvNet, ConvNetConfig
 from .data import REPO_ROOT
 from .model import ViTConfig, VisionTransformer
 
+# The file format's name predates the ConvNet; the metadata key "arch" tells the families apart.
 FORMAT = "leanformer-vit/1"
+# The model families a file can hold: arch name -> (config class, model class).
+ARCHS = {"vit": (ViTConfig, VisionTransformer), "convnet": (ConvNetConfig, ConvNet)}
 # The reference model that lesson 03 trains and every compression lesson starts from.
 REFERENCE = REPO_ROOT / "checkpoints" / "reference.safetensors"
 
@@ -49,17 +54,32 @@ def weights_sha256(state_dict):
     for name in sorted(state_dict):
         t = state_dict[name].detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) has bytes too
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
 
 
+def arch_of(model) -> str | None:
+    """The name in ``ARCHS`` of ``model``'s family ("vit", "convnet"), or None for another model."""
+    for name, (_, cls) in ARCHS.items():
+        if isinstance(model, cls):
+            return name
+    return None
+
+
 def save_model(model, path, provenance=None):
-    """Write ``model`` (a VisionTransformer) and its provenance to a .safetensors file."""
+    """Write ``model`` (a VisionTransformer or a ConvNet) and its provenance to a .safetensors
+    file. Returns the sha256 of the weights."""
     from safetensors.torch import save_file
 
+    arch = arch_of(model)
+    if arch is None:
+        raise CheckpointError(f"save_model writes a {' or a '.join(c.__name__ for _, c in ARCHS.values())}, "
+                              f"not a {type(model).__name__}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
+        "arch": arch,
         "config": json.dumps(model.cfg.to_dict()),
         "sha256": weights_sha256(state),
         "provenance": json.dumps(provenance or {}),
@@ -100,11 +120,17 @@ def first_mismatch(error):
 
 
 def load_model(path, device="cpu"):
-    """Load a model file: returns a VisionTransformer in eval mode that takes float images in
-    [0, 1] of shape (N, 3, 32, 32) and returns logits over CIFAR-10's 10 classes."""
+    """Load a model file: returns a VisionTransformer or a ConvNet (as the file's "arch" says) in
+    eval mode that takes float images in [0, 1] of shape (N, 3, 32, 32) and returns logits over
+    CIFAR-10's 10 classes."""
     state, metadata = read_model_file(path)
+    arch = metadata.get("arch", "vit")  # files written before the ConvNet hold a ViT
+    if arch not in ARCHS:
+        raise CheckpointError(f"{path} holds a model of architecture {arch!r}, which this leanformer "
+                              f"does not know (it knows {', '.join(ARCHS)}); update leanformer.")
+    config_cls, model_cls = ARCHS[arch]
     try:
-        model = VisionTransformer(ViTConfig.from_dict(json.loads(metadata["config"])))
+        model = model_cls(config_cls.from_dict(json.loads(metadata["config"])))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: its config cannot build a model ({e}).") from None
     try:

@@ -198,6 +198,20 @@ class Block(nn.Module):
         return block
 
 
+def config_fields(cls, d, tuples=()):
+    """The fields of a config dict (from JSON) for dataclass ``cls``: unknown names refused with
+    the known ones listed, and the fields named in ``tuples`` turned back from lists to tuples."""
+    d = dict(d)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; this leanformer knows {sorted(known)}")
+    for key in tuples:
+        if key in d:
+            d[key] = tuple(d[key])
+    return d
+
+
 @dataclass
 class ViTConfig:
     """Everything needed to rebuild a ``VisionTransformer``; saved inside each checkpoint."""
@@ -237,14 +251,7 @@ class ViTConfig:
 
     @classmethod
     def from_dict(cls, d):
-        d = dict(d)
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown ViTConfig fields {unknown}; this leanformer knows {sorted(known)}")
-        for key in ("conv_channels", "mean", "std"):
-            if key in d:
-                d[key] = tuple(d[key])
+        d = config_fields(cls, d, tuples=("conv_channels", "mean", "std"))
         if "block_widths" in d:
             d["block_widths"] = tuple(tuple(int(v) for v in w) for w in d["block_widths"])
         return cls(**d)
