@@ -45,12 +45,25 @@ def cmd_train(args):
         loss_fn = DistillationLoss(teacher_model, args.alpha, args.temperature, recipe_loss(recipe))
         teacher = {"path": str(args.teacher), "weights_sha256": teacher_model.weights_sha256,
                    "alpha": args.alpha, "temperature": args.temperature}
+    qat = None
+    if args.qat_bits:
+        from .quantize import convert_qat, intx_quantize, prepare_qat
+
+        if start is None:
+            raise SystemExit("error: --qat-bits fine-tunes a trained model; give it with --init")
+        prepare_qat(start, args.qat_bits, args.qat_group or None)
+        qat = dict(start.qat)
     data = _data(args.data)
     out = Path(args.out)
     name = args.name or recipe.name
     state_path = out / f"{name}.last.pt"
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start,
                          loss_fn=loss_fn)
+    if qat:  # save the float weights; the quantized model is rebuilt from them (intx_quantize)
+        convert_qat(model)
+        quantized = intx_quantize(model, qat["weight_bits"], qat["group_size"], qat["activations"])
+        qat["test_acc_quantized"] = evaluate(quantized, data.test_images, data.test_labels)[0]
+        print(f"quantized ({qat['weight_bits']}-bit weights): test accuracy {qat['test_acc_quantized']:.4f}")
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
     tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
     provenance = {
@@ -59,6 +72,7 @@ def cmd_train(args):
         "data_sha256": _data_sha256(args.data),
         "init": init,
         "teacher": teacher,
+        "qat": qat,
         "test_acc": test_acc,
         "test_acc_flip_tta": tta_acc,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -211,6 +225,10 @@ def main(argv=None):
     p.add_argument("--teacher", help="distil from this .safetensors model (leanformer.distill)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the teacher's soft targets (default 1)")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--qat-bits", type=int, help="quantization-aware training: fake-quantize the Linear weights "
+                   "to this many bits (and their inputs to int8) while fine-tuning --init (leanformer.quantize)")
+    p.add_argument("--qat-group", type=int, default=0, help="with --qat-bits: weights in groups of this many "
+                   "along each row (default 0: one scale per row)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sparsity-sweep", help="magnitude-prune to several sparsities, fine-tune each, write a JSON table")

@@ -199,6 +199,13 @@ def _input_dtype(model):
     return torch.float32
 
 
+def _uncompiled(model):
+    """The eager module behind a compiled one (``torch.compile``'s wrapper, or
+    ``leanformer.quantize.CompiledForCPU``): counting FLOPs through the compiled module would
+    make it compile again on its next call."""
+    return getattr(model, "uncompiled", None) or getattr(model, "_orig_mod", model)
+
+
 def _random_images(model, batch_size, image_size=32):
     return torch.rand(batch_size, 3, image_size, image_size, device=_device_of(model)).to(
         _input_dtype(model))
@@ -331,7 +338,7 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
         if not quantized:
             try:
                 with torch.no_grad():
-                    cost.flops = count_flops(model, make(1))[0]
+                    cost.flops = count_flops(_uncompiled(model), make(1))[0]
             except Exception as e:
                 cost.notes["flops"] = f"not counted: {type(e).__name__}: {e}"
         if name in test_acc:
