@@ -361,6 +361,7 @@ def pt2e_quantize(model, calibration_images, batch_size=256, max_batch=1024):
             prepared(x.float().div(255) if x.dtype == torch.uint8 else x.float())
     converted = _drop_unused(convert_pt2e(prepared))
     allow_exported_model_train_eval(converted)  # .eval() is then a no-op, as for any served model
+    converted.provenance = getattr(model, "provenance", None)
     converted.quantization = {"path": "pt2e", "kind": "int8-static"}
     return converted
 
@@ -378,6 +379,7 @@ class CompiledForCPU(nn.Module):
         self.batch_sizes = sorted(batch_sizes)
         self.freezing = freezing
         self.quantization = getattr(model, "quantization", {"path": "float", "kind": "fp32"})
+        self.provenance = getattr(model, "provenance", None)  # the training record, for measure_costs
         super().train(False)
 
     def train(self, mode: bool = True):
