@@ -89,11 +89,13 @@ def test_training_state_loads_without_unpickling_code(tmp_path):
 def test_cli_evaluate_reports_accuracy_and_source_as_json(tmp_path):
     path = tmp_path / "m.safetensors"
     save_model(tiny_model(), path)
-    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json"],
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json", "--tta"],
                          capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout[out.stdout.index("{"):])
+    result = json.loads(out.stdout)  # the JSON alone: a file written with > is valid JSON
     assert result["test_images"] == 10000 and "shipped subset" in result["data_source"]
-    assert 0.0 <= result["test_acc"] <= 1.0
+    for key in ("test_acc", "test_acc_flip_tta", "test_acc_flip_shift_tta"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["weights_sha256"] == load_model(path).weights_sha256
 
 
 def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path):

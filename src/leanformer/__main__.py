@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 
-def _data(path):
+def _data(path, verbose=True):
     from .data import load_cifar10
 
-    return load_cifar10(path)
+    return load_cifar10(path, verbose=verbose)
 
 
 def _data_sha256(path):
@@ -25,8 +25,9 @@ def cmd_train(args):
     from . import checkpoint
     from .train import evaluate, fit, get_recipe
 
-    if not args.teacher and (args.alpha != 1.0 or args.temperature != 1.0):
-        raise SystemExit("error: --alpha and --temperature set the distillation loss; give --teacher too")
+    if not args.teacher and (args.alpha != 1.0 or args.temperature != 1.0 or args.kind != "soft"):
+        raise SystemExit("error: --alpha, --temperature and --kind set the distillation loss; "
+                         "give --teacher too")
     if not 0.0 <= args.alpha <= 1.0 or args.temperature <= 0:
         raise SystemExit(f"error: --alpha must lie in [0, 1] and --temperature be positive "
                          f"(got {args.alpha} and {args.temperature})")
@@ -42,9 +43,10 @@ def cmd_train(args):
         from .train import recipe_loss
 
         teacher_model = checkpoint.load_model(args.teacher)
-        loss_fn = DistillationLoss(teacher_model, args.alpha, args.temperature, recipe_loss(recipe))
+        loss_fn = DistillationLoss(teacher_model, args.alpha, args.temperature, recipe_loss(recipe),
+                                   kind=args.kind)
         teacher = {"path": str(args.teacher), "weights_sha256": teacher_model.weights_sha256,
-                   "alpha": args.alpha, "temperature": args.temperature}
+                   "arch": checkpoint.arch_of(teacher_model), **loss_fn.describe()}
     qat = None
     if args.qat_bits:
         from .quantize import convert_qat, intx_quantize, prepare_qat
@@ -65,7 +67,8 @@ def cmd_train(args):
         qat["test_acc_quantized"] = evaluate(quantized, data.test_images, data.test_labels)[0]
         print(f"quantized ({qat['weight_bits']}-bit weights): test accuracy {qat['test_acc_quantized']:.4f}")
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
-    tta_acc, _ = evaluate(model, data.test_images, data.test_labels, flip_tta=True)
+    tta_acc, _ = evaluate(model, data.test_images, data.test_labels, tta="flip")
+    shift_acc, _ = evaluate(model, data.test_images, data.test_labels, tta="flip-shift")
     provenance = {
         **model.provenance,
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
@@ -75,11 +78,28 @@ def cmd_train(args):
         "qat": qat,
         "test_acc": test_acc,
         "test_acc_flip_tta": tta_acc,
+        "test_acc_flip_shift_tta": shift_acc,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     model_path = out / f"{name}.safetensors"
     _save_with_json(model, model_path, provenance)
-    print(f"test accuracy {test_acc:.4f} (flip TTA {tta_acc:.4f}); wrote {model_path}")
+    print(f"test accuracy {test_acc:.4f} (flip TTA {tta_acc:.4f}, flip+shift TTA {shift_acc:.4f}); "
+          f"wrote {model_path}")
+
+
+def cmd_distill_sweep(args):
+    from . import checkpoint
+    from .distill import sweep, sweep_settings
+    from .train import get_recipe
+
+    teacher = checkpoint.load_model(args.teacher)
+    settings = sweep_settings(args.temperatures, args.alphas, args.hard_alphas)
+    sweep(teacher, get_recipe(args.recipe), _data(args.data), settings, out=args.out)
+    record = json.loads(Path(args.out).read_text())
+    record.update(command="python -m leanformer " + " ".join(sys.argv[1:]),
+                  teacher={"path": str(args.teacher), "weights_sha256": teacher.weights_sha256})
+    checkpoint.atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    print(f"wrote {args.out}")
 
 
 def _save_with_json(model, path, provenance):
@@ -168,19 +188,22 @@ def cmd_evaluate(args):
     from .train import evaluate
 
     model = load_model(args.checkpoint)
-    data = _data(args.data)
+    data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
     acc, loss = evaluate(model, data.test_images, data.test_labels)
-    result = {"checkpoint": str(args.checkpoint), "data_source": data.source,
-              "test_images": len(data.test_labels), "test_acc": acc, "test_loss": loss}
+    result = {"checkpoint": str(args.checkpoint), "weights_sha256": model.weights_sha256,
+              "data_source": data.source, "test_images": len(data.test_labels), "test_acc": acc,
+              "test_loss": loss}
     if args.tta:
-        result["test_acc_flip_tta"] = evaluate(model, data.test_images, data.test_labels,
-                                               flip_tta=True)[0]
+        for mode in ("flip", "flip-shift"):
+            result[f"test_acc_{mode.replace('-', '_')}_tta"] = evaluate(
+                model, data.test_images, data.test_labels, tta=mode)[0]
     if args.json:
         print(json.dumps(result, indent=1))
     else:
         print(f"test accuracy {acc:.2%} on {len(data.test_labels):,} images from {data.source}")
         if args.tta:
-            print(f"with flip test-time augmentation: {result['test_acc_flip_tta']:.2%}")
+            print(f"with flip test-time augmentation: {result['test_acc_flip_tta']:.2%}; "
+                  f"with flips and 1-pixel shifts: {result['test_acc_flip_shift_tta']:.2%}")
 
 
 def cmd_make_subset(args):
@@ -225,11 +248,23 @@ def main(argv=None):
     p.add_argument("--teacher", help="distil from this .safetensors model (leanformer.distill)")
     p.add_argument("--alpha", type=float, default=1.0, help="weight of the teacher's soft targets (default 1)")
     p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
+    p.add_argument("--kind", choices=("soft", "hard"), default="soft", help="soft targets (Hinton, the "
+                   "default) or the teacher's top class as a label (DeiT's hard distillation)")
     p.add_argument("--qat-bits", type=int, help="quantization-aware training: fake-quantize the Linear weights "
                    "to this many bits (and their inputs to int8) while fine-tuning --init (leanformer.quantize)")
     p.add_argument("--qat-group", type=int, default=0, help="with --qat-bits: weights in groups of this many "
                    "along each row (default 0: one scale per row)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill-sweep", help="train a student once per distillation setting, write a JSON table")
+    p.add_argument("--teacher", required=True, help="the teacher's .safetensors file")
+    p.add_argument("--recipe", default="student-sweep", help="the student's recipe (default student-sweep)")
+    p.add_argument("--data", help="CIFAR-10 path (default: the first source that works, see leanformer.data)")
+    p.add_argument("--temperatures", type=float, nargs="+", default=[1, 2, 4])
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9])
+    p.add_argument("--hard-alphas", type=float, nargs="*", default=[0.5])
+    p.add_argument("--out", required=True, help="the JSON file to write (resumes the settings it holds)")
+    p.set_defaults(func=cmd_distill_sweep)
 
     p = sub.add_parser("sparsity-sweep", help="magnitude-prune to several sparsities, fine-tune each, write a JSON table")
     p.add_argument("checkpoint")
@@ -256,7 +291,8 @@ def main(argv=None):
     p.add_argument("checkpoint")
     p.add_argument("--data")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--tta", action="store_true", help="also report flip test-time augmentation")
+    p.add_argument("--tta", action="store_true", help="also report test-time augmentation: flips, "
+                   "and flips with 1-pixel shifts (leanformer.train.tta_logits)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")

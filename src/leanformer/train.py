@@ -46,6 +46,7 @@ class Recipe:
     flip: bool = True
     cutout: int = 0
     auto_augment: str = ""  # "" (off) or an AutoAugment policy: "cifar10", "imagenet", "svhn"
+    lookahead: float = 0.0  # final weight of airbench's Lookahead average (0: off), see ``Lookahead``
     mix_prob: float = 0.0  # share of batches mixed by mixup or CutMix (0: off)
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
@@ -124,15 +125,28 @@ RECIPES["qat"] = replace(RECIPES["finetune-brief"], name="qat", epochs=4, lr=2e-
 # lr = 11.5 * 512 / (1024 * (1 + 1 / (1 - 0.85))) = 0.75 and weight_decay = 0.0153 / 11.5,
 # and BatchNorm's biases learn 64 times faster than the weights. Label smoothing 0.2, crops of
 # 2 pixels and flips as there; a warm-up of a fifth of the run, then the cosine decay.
-# On the course's 2-core CPU (AMD EPYC with AVX512-BF16, bf16 autocast) an epoch trains at about
-# 400 img/s on idle cores (133 s with its evaluation): 8 epochs take about 18 minutes and reached
-# 88.6% (89.4% with flip averaging) on the 10,000 test images.
+# airbench's Lookahead average too (final weight 0.95^5 every 5 steps). On the course's 2-core CPU
+# (AMD EPYC with AVX512-BF16, bf16 autocast) an epoch trains at about 400 img/s on idle cores
+# (133 s with its evaluation), so 20 epochs take about 45 minutes; the warm-up is 3 of them.
 RECIPES["teacher-cnn"] = Recipe(
     name="teacher-cnn", arch="convnet", model=dict(widths=(64, 256, 256)),
-    epochs=8, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85, nesterov=True,
-    weight_decay=0.0153 / 11.5, batchnorm_lr_scale=64.0, warmup_epochs=1.2,
+    epochs=20, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85, nesterov=True,
+    weight_decay=0.0153 / 11.5, batchnorm_lr_scale=64.0, warmup_epochs=3, lookahead=0.95 ** 5,
     label_smoothing=0.2, crop_padding=2, flip=True, precision="auto",
 )
+# The teacher's first run, kept as a step in lesson 06's table: 8 epochs, a warm-up of 1.2 of them,
+# no Lookahead average. Its record: checkpoints/distill/teacher-cnn-8ep.json.
+RECIPES["teacher-cnn-8ep"] = replace(RECIPES["teacher-cnn"], name="teacher-cnn-8ep", epochs=8,
+                                     warmup_epochs=1.2, lookahead=0.0)
+# Lesson 06's student: the reference's family, recipe and augmentation at half its width (64, two
+# heads of 32 as in the reference, a tokenizer of 16 then 64 channels): 28% of its FLOPs per image.
+# 20 epochs, a sixth of the reference's, trained once from the labels and once with a teacher.
+RECIPES["student"] = replace(RECIPES["reference"], name="student", epochs=20, warmup_epochs=2,
+                             model={**RECIPES["reference"].model, "conv_channels": (16, 64),
+                                    "embed_dim": 64, "num_heads": 2})
+# The same student for the sweep of temperatures and weights, on the shipped 5,000-image subset:
+# 15 epochs of it are 75,000 images, a couple of minutes per setting.
+RECIPES["student-sweep"] = replace(RECIPES["student"], name="student-sweep", epochs=15, warmup_epochs=1)
 # The same in miniature for quick mode and the tests: narrow groups and two epochs at batch 128
 # with the teacher's rate, which at a quarter of the batch weighs each image four times as much:
 # so few steps need large ones.
@@ -212,13 +226,45 @@ def default_device():
 
 # --- evaluation ------------------------------------------------------------------------------
 
+TTA_MODES = ("", "flip", "flip-shift")
+
+
+def tta_logits(model, x, mode="flip"):
+    """Test-time augmentation: the logits of ``x`` averaged over simple variants of it.
+
+    "flip":       the image and its mirror image, half each.
+    "flip-shift": airbench's level 2: half the "flip" answer, and half the "flip" answers for the
+                  image shifted one pixel up-left and one pixel down-right (reflect-padded),
+                  six forward passes in all.
+    """
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
+    if not mode:
+        return model(x).float()
+
+    def mirrored(z):
+        return (model(z).float() + model(z.flip(3)).float()) / 2
+
+    logits = mirrored(x)
+    if mode == "flip-shift":
+        H, W = x.shape[-2:]
+        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+        shifted = (mirrored(padded[..., :H, :W]) + mirrored(padded[..., 2:, 2:])) / 2
+        logits = (logits + shifted) / 2
+    return logits
+
+
 @torch.no_grad()
-def predict(model, images, batch_size=500, precision="fp32", device=None, flip_tta=False):
+def predict(model, images, batch_size=500, precision="fp32", device=None, flip_tta=False, tta=""):
     """Logits (fp32, on the CPU) for uint8 or float images (N, 3, 32, 32).
 
-    ``flip_tta=True`` averages the logits of each image and its mirror image (test-time
-    augmentation); report it beside the plain figure, never instead of it.
+    ``tta`` ("flip" or "flip-shift", see ``tta_logits``) averages the logits over variants of
+    each image (test-time augmentation); ``flip_tta=True`` means ``tta="flip"``. Report it beside
+    the plain figure, never instead of it: it costs 2 or 6 forward passes per image.
     """
+    tta = tta or ("flip" if flip_tta else "")
+    if tta not in TTA_MODES:
+        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -229,17 +275,14 @@ def predict(model, images, batch_size=500, precision="fp32", device=None, flip_t
         x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
         x = x.to(device)
         with autocast(dtype, device):
-            logits = model(x).float()
-            if flip_tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
-        out.append(logits.cpu())
+            out.append(tta_logits(model, x, tta).cpu())
     model.train(was_training)
     return torch.cat(out)
 
 
-def evaluate(model, images, labels, precision="fp32", device=None, flip_tta=False):
+def evaluate(model, images, labels, precision="fp32", device=None, flip_tta=False, tta=""):
     """Return (accuracy, mean cross-entropy) on a labelled set."""
-    logits = predict(model, images, precision=precision, device=device, flip_tta=flip_tta)
+    logits = predict(model, images, precision=precision, device=device, flip_tta=flip_tta, tta=tta)
     loss = F.cross_entropy(logits, labels).item()
     return (logits.argmax(1) == labels).float().mean().item(), loss
 
@@ -283,6 +326,47 @@ def lr_at(step, total_steps, warmup_steps, peak_lr):
     return peak_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+# --- weight averaging ------------------------------------------------------------------------
+
+class Lookahead:
+    """airbench's Lookahead (Zhang et al., 2019, as Jordan uses it): every ``every`` steps
+
+        slow <- d * slow + (1 - d) * fast,    fast <- slow
+
+    over all parameters and BatchNorm statistics, with ``d = final * (step / total) ** 3``: no
+    pull early in training, where the weights still move far, and a growing pull towards the
+    running average near the end, where averaging removes the noise of the last steps. ``finish``
+    copies the average into the model. The average is part of the training state, so a resumed
+    run continues it exactly.
+    """
+
+    def __init__(self, model, final, total_steps, every=5):
+        self.final, self.total_steps, self.every = float(final), total_steps, every
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()
+                     if v.is_floating_point()}
+
+    def step(self, model, step):
+        if (step + 1) % self.every == 0:
+            self._pull(model, self.final * ((step + 1) / self.total_steps) ** 3)
+
+    def finish(self, model):
+        self._pull(model, 1.0)
+
+    @torch.no_grad()
+    def _pull(self, model, decay):
+        for k, fast in model.state_dict().items():
+            if k in self.slow:
+                self.slow[k].lerp_(fast, 1 - decay)
+                fast.copy_(self.slow[k])
+
+    def state_dict(self):
+        return dict(self.slow)
+
+    def load_state_dict(self, state):
+        for k, v in state.items():
+            self.slow[k].copy_(v)
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 def fit(recipe, data, state_path=None, resume=False, device=None, progress=True, model=None,
@@ -310,6 +394,11 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
     model = (model or build_model(recipe, data)).to(device)
     loss_fn = loss_fn or recipe_loss(recipe)
     optimizer = build_optimizer(recipe, model)
+    n_train = len(data.train_labels)
+    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
+    total_steps = recipe.epochs * steps_per_epoch
+    warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
+    lookahead = Lookahead(model, recipe.lookahead, total_steps) if recipe.lookahead else None
     dtype = autocast_dtype(recipe.precision, device)
     scaler = grad_scaler(dtype, device)
 
@@ -327,14 +416,11 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
                 f"{state_path} holds weights of another shape than this model "
                 f"({checkpoint.first_mismatch(e)}); use another --out or drop --resume.") from None
         optimizer.load_state_dict(state["optimizer"])
+        if lookahead:
+            lookahead.load_state_dict(state["lookahead"])
         history, start_epoch = state["history"], state["epoch"]
         if progress:
             print(f"Resumed from {state_path} after epoch {start_epoch}")
-
-    n_train = len(data.train_labels)
-    steps_per_epoch = math.ceil(n_train / recipe.batch_size)
-    total_steps = recipe.epochs * steps_per_epoch
-    warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
 
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
@@ -369,11 +455,15 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
             else:
                 loss.backward()
                 optimizer.step()
+            if lookahead:
+                lookahead.step(model, step)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             # On a mixed batch, the label with the larger share counts as the right answer.
             correct += (logits.argmax(1) == (y if lam >= 0.5 else y_other)).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+        if lookahead and epoch + 1 == recipe.epochs:
+            lookahead.finish(model)  # the model becomes the average
         train_time = time.perf_counter() - t0
         test_acc, test_loss = evaluate(model, data.test_images, data.test_labels,
                                        precision=recipe.precision, device=device)
@@ -388,7 +478,8 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
         if state_path:
             checkpoint.save_state(state_path, dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), history=history,
-                epoch=epoch + 1, recipe=recipe.to_dict()))
+                epoch=epoch + 1, recipe=recipe.to_dict(),
+                **({"lookahead": lookahead.state_dict()} if lookahead else {})))
     model.eval()
     model.provenance = training_record(recipe, data, history, model)
     return model, history
