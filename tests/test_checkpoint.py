@@ -201,7 +201,7 @@ def test_cli_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tin
     assert record["init"]["provenance"] == {"note": "the starting model's own record"}
     assert record["init"]["weights_sha256"] == load_model(start).weights_sha256
     assert record["teacher"] == {"path": str(teacher), "weights_sha256": load_model(teacher).weights_sha256,
-                                 "alpha": 0.5, "temperature": 2.0}
+                                 "arch": "vit", "kind": "soft", "alpha": 0.5, "temperature": 2.0}
     assert load_model(tmp_path / "student.safetensors").provenance["teacher"]["alpha"] == 0.5
 
 
