@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -156,6 +158,10 @@ def test_the_sweep_trains_each_setting_once_and_resumes_from_its_file(subset, tm
     distill.sweep(teacher, get_recipe("quick", epochs=1, seed=1), data, settings[:1], out=out,
                   progress=False)
     assert len(calls) == 4  # another recipe: trained afresh
+    distill.sweep(teacher, recipe, data, settings[:1], out=out, progress=False,
+                  about={"teacher": {"weights_sha256": "another"}, "command": "python -m leanformer ..."})
+    assert len(calls) == 5  # another teacher: trained afresh
+    assert json.loads(out.read_text())["command"] == "python -m leanformer ..."
     out.write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="is not a sweep file"):
         distill.sweep(teacher, recipe, data, settings[:1], out=out, progress=False)

@@ -14,6 +14,14 @@ def _data(path, verbose=True):
     return load_cifar10(path, verbose=verbose)
 
 
+def _tta_accuracies(model, data):
+    """Test accuracy with flips, and with flips and 1-pixel shifts (``leanformer.train.tta_logits``)."""
+    from .train import evaluate
+
+    return {f"test_acc_{mode.replace('-', '_')}_tta": evaluate(model, data.test_images, data.test_labels, tta=mode)[0]
+            for mode in ("flip", "flip-shift")}
+
+
 def _data_sha256(path):
     """sha256 of the data file a command read, for its provenance (None for a folder or none)."""
     from .data import sha256_file
@@ -28,6 +36,8 @@ def cmd_train(args):
     if not args.teacher and (args.alpha != 1.0 or args.temperature != 1.0 or args.kind != "soft"):
         raise SystemExit("error: --alpha, --temperature and --kind set the distillation loss; "
                          "give --teacher too")
+    if args.kind == "hard" and args.temperature != 1.0:
+        raise SystemExit("error: --kind hard takes the teacher's top class; --temperature does not apply")
     if not 0.0 <= args.alpha <= 1.0 or args.temperature <= 0:
         raise SystemExit(f"error: --alpha must lie in [0, 1] and --temperature be positive "
                          f"(got {args.alpha} and {args.temperature})")
@@ -67,8 +77,7 @@ def cmd_train(args):
         qat["test_acc_quantized"] = evaluate(quantized, data.test_images, data.test_labels)[0]
         print(f"quantized ({qat['weight_bits']}-bit weights): test accuracy {qat['test_acc_quantized']:.4f}")
     test_acc, _ = evaluate(model, data.test_images, data.test_labels)
-    tta_acc, _ = evaluate(model, data.test_images, data.test_labels, tta="flip")
-    shift_acc, _ = evaluate(model, data.test_images, data.test_labels, tta="flip-shift")
+    tta = _tta_accuracies(model, data)
     provenance = {
         **model.provenance,
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
@@ -77,13 +86,13 @@ def cmd_train(args):
         "teacher": teacher,
         "qat": qat,
         "test_acc": test_acc,
-        "test_acc_flip_tta": tta_acc,
-        "test_acc_flip_shift_tta": shift_acc,
+        **tta,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     model_path = out / f"{name}.safetensors"
     _save_with_json(model, model_path, provenance)
-    print(f"test accuracy {test_acc:.4f} (flip TTA {tta_acc:.4f}, flip+shift TTA {shift_acc:.4f}); "
+    print(f"test accuracy {test_acc:.4f} (flip TTA {tta['test_acc_flip_tta']:.4f}, "
+          f"flip+shift TTA {tta['test_acc_flip_shift_tta']:.4f}); "
           f"wrote {model_path}")
 
 
@@ -94,11 +103,9 @@ def cmd_distill_sweep(args):
 
     teacher = checkpoint.load_model(args.teacher)
     settings = sweep_settings(args.temperatures, args.alphas, args.hard_alphas)
-    sweep(teacher, get_recipe(args.recipe), _data(args.data), settings, out=args.out)
-    record = json.loads(Path(args.out).read_text())
-    record.update(command="python -m leanformer " + " ".join(sys.argv[1:]),
-                  teacher={"path": str(args.teacher), "weights_sha256": teacher.weights_sha256})
-    checkpoint.atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+    about = {"command": "python -m leanformer " + " ".join(sys.argv[1:]),
+             "teacher": {"path": str(args.teacher), "weights_sha256": teacher.weights_sha256}}
+    sweep(teacher, get_recipe(args.recipe), _data(args.data), settings, out=args.out, about=about)
     print(f"wrote {args.out}")
 
 
@@ -194,9 +201,7 @@ def cmd_evaluate(args):
               "data_source": data.source, "test_images": len(data.test_labels), "test_acc": acc,
               "test_loss": loss}
     if args.tta:
-        for mode in ("flip", "flip-shift"):
-            result[f"test_acc_{mode.replace('-', '_')}_tta"] = evaluate(
-                model, data.test_images, data.test_labels, tta=mode)[0]
+        result.update(_tta_accuracies(model, data))
     if args.json:
         print(json.dumps(result, indent=1))
     else:

@@ -110,14 +110,17 @@ def sweep_settings(temperatures=(1, 2, 4), alphas=(0.5, 0.9), hard_alphas=(0.5,)
             + [dict(kind="hard", alpha=a, temperature=1.0) for a in hard_alphas])
 
 
-def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True) -> list:
+def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True, about=None) -> list:
     """Train ``recipe``'s model on ``data`` once per setting, from the same seed, and return one
     record per setting: its kind, alpha, temperature, test accuracy, history and wall time.
 
     settings: dicts with ``kind`` ("soft" or "hard"), ``alpha`` and ``temperature``;
               ``alpha == 0`` trains from the labels alone (no teacher in the loop).
     out:      a .json file, rewritten atomically after each setting. A setting already in it
-              (for the same recipe and data) is not trained again, so a stopped sweep resumes.
+              (for the same recipe, data and teacher) is not trained again, so a stopped sweep
+              resumes.
+    about:    more to write into the file (the command, say); its "teacher" entry, if any, is
+              part of what must match for a resume.
     """
     import json
     import time
@@ -127,9 +130,11 @@ def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True) -
     from .train import fit, recipe_loss
 
     out = Path(out) if out else None
+    about = dict(about or {})
     head = json.loads(json.dumps({  # as the file holds it: tuples become lists
         "recipe": recipe.to_dict(), "data_source": data.source,
-        "train_images": len(data.train_labels), "test_images": len(data.test_labels)}))
+        "train_images": len(data.train_labels), "test_images": len(data.test_labels),
+        **({"teacher": about.pop("teacher")} if "teacher" in about else {})}))
     done = {}
     if out and out.exists():
         try:
@@ -159,6 +164,6 @@ def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True) -
             print(f"{name:>18}: {results[-1]['test_acc']:.2%} after {len(history)} epochs, "
                   f"{results[-1]['wall_time_s']:.0f} s", flush=True)
         if out:
-            record = {**head, "results": results}
+            record = {**head, **about, "results": results}
             checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     return results

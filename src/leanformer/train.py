@@ -263,8 +263,6 @@ def predict(model, images, batch_size=500, precision="fp32", device=None, flip_t
     the plain figure, never instead of it: it costs 2 or 6 forward passes per image.
     """
     tta = tta or ("flip" if flip_tta else "")
-    if tta not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {tta!r}")
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
