@@ -20,6 +20,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 # With two threads per worker, four threads fight over two cores: on a 2-core Xeon that made the
 # suite take 451-554 s instead of 219 s. --durations lists the slowest tests, to see where the
 # time goes as lessons are added.
+# tests/conftest.py hands the lessons out longest first (by the cell times stored in each
+# notebook), so that the longest one does not start last and run alone.
 test: $(INSTALLED)
 	OMP_NUM_THREADS=1 $(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env --durations=15
 

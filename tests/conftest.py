@@ -40,3 +40,32 @@ def tiny_folder(tmp_path_factory):
             for i in range(n):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     return root
+
+
+def _recorded_seconds(path):
+    """Seconds a lesson's cells took when it was last executed (nbclient's timestamps in each
+    cell's metadata); 0 when the notebook holds none."""
+    import json
+    from datetime import datetime
+
+    total = 0.0
+    for cell in json.loads(path.read_text()).get("cells", []):
+        t = cell.get("metadata", {}).get("execution", {})
+        if "iopub.execute_input" in t and "shell.execute_reply" in t:
+            start, end = (datetime.fromisoformat(t[k].replace("Z", "+00:00"))
+                          for k in ("iopub.execute_input", "shell.execute_reply"))
+            total += (end - start).total_seconds()
+    return total
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest lessons first, then everything else in its usual order. `make test` runs two
+    xdist workers with --dist loadfile, which hand out whole files in collection order: a long
+    lesson collected last would run alone at the end while the other worker idles."""
+    seconds = {}
+    for item in items:
+        path = item.path
+        if path.suffix == ".ipynb" and path not in seconds:
+            seconds[path] = _recorded_seconds(path)
+    order = {path: rank for rank, path in enumerate(sorted(seconds, key=seconds.get, reverse=True))}
+    items.sort(key=lambda item: order.get(item.path, len(order)))  # stable: cells keep their order
