@@ -8,8 +8,8 @@ from leanformer import checkpoint
 from leanformer.data import CIFAR10
 from leanformer import distill
 from leanformer.distill import DistillationLoss, hard_target_loss, soft_target_loss
-from leanformer.train import (Batch, Lookahead, build_model, fit, get_recipe, mixed_cross_entropy,
-                              recipe_loss, tta_logits)
+from leanformer.train import (Batch, Lookahead, accuracies_with_tta, build_model, fit, get_recipe,
+                              mixed_cross_entropy, recipe_loss, tta_logits)
 
 
 def test_soft_target_loss_is_the_scaled_kl_divergence():
@@ -200,3 +200,21 @@ def test_test_time_augmentation_averages_the_views_it_names():
     assert torch.allclose(tta_logits(model, x, "flip-shift"), expected, atol=1e-6)
     with pytest.raises(ValueError, match="tta must be one of"):
         tta_logits(model, x, "rotate")
+
+
+def test_accuracies_with_tta_names_each_mode_as_a_record_does():
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    data = SimpleNamespace(test_images=torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8),
+                           test_labels=torch.randint(0, 10, (64,)))
+    x = data.test_images.float() / 255
+    with torch.no_grad():
+        expected = {key: (tta_logits(model, x, mode).argmax(1) == data.test_labels).float().mean().item()
+                    for key, mode in (("test_acc", ""), ("test_acc_flip_tta", "flip"),
+                                      ("test_acc_flip_shift_tta", "flip-shift"))}
+    assert len(set(expected.values())) > 1  # the modes answer differently here
+    assert accuracies_with_tta(model, data) == pytest.approx(expected)
+    assert accuracies_with_tta(model, data, modes=("flip",)) == pytest.approx(
+        {"test_acc_flip_tta": expected["test_acc_flip_tta"]})

@@ -14,14 +14,6 @@ def _data(path, verbose=True):
     return load_cifar10(path, verbose=verbose)
 
 
-def _tta_accuracies(model, data):
-    """Test accuracy with flips, and with flips and 1-pixel shifts (``leanformer.train.tta_logits``)."""
-    from .train import evaluate
-
-    return {f"test_acc_{mode.replace('-', '_')}_tta": evaluate(model, data.test_images, data.test_labels, tta=mode)[0]
-            for mode in ("flip", "flip-shift")}
-
-
 def _data_sha256(path):
     """sha256 of the data file a command read, for its provenance (None for a folder or none)."""
     from .data import sha256_file
@@ -31,7 +23,7 @@ def _data_sha256(path):
 
 def cmd_train(args):
     from . import checkpoint
-    from .train import evaluate, fit, get_recipe
+    from .train import accuracies_with_tta, evaluate, fit, get_recipe
 
     if not args.teacher and (args.alpha != 1.0 or args.temperature != 1.0 or args.kind != "soft"):
         raise SystemExit("error: --alpha, --temperature and --kind set the distillation loss; "
@@ -76,8 +68,7 @@ def cmd_train(args):
         quantized = intx_quantize(model, qat["weight_bits"], qat["group_size"], qat["activations"])
         qat["test_acc_quantized"] = evaluate(quantized, data.test_images, data.test_labels)[0]
         print(f"quantized ({qat['weight_bits']}-bit weights): test accuracy {qat['test_acc_quantized']:.4f}")
-    test_acc, _ = evaluate(model, data.test_images, data.test_labels)
-    tta = _tta_accuracies(model, data)
+    accuracies = accuracies_with_tta(model, data)
     provenance = {
         **model.provenance,
         "command": "python -m leanformer " + " ".join(sys.argv[1:]),
@@ -85,14 +76,13 @@ def cmd_train(args):
         "init": init,
         "teacher": teacher,
         "qat": qat,
-        "test_acc": test_acc,
-        **tta,
+        **accuracies,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     model_path = out / f"{name}.safetensors"
     _save_with_json(model, model_path, provenance)
-    print(f"test accuracy {test_acc:.4f} (flip TTA {tta['test_acc_flip_tta']:.4f}, "
-          f"flip+shift TTA {tta['test_acc_flip_shift_tta']:.4f}); "
+    print(f"test accuracy {accuracies['test_acc']:.4f} (flip TTA {accuracies['test_acc_flip_tta']:.4f}, "
+          f"flip+shift TTA {accuracies['test_acc_flip_shift_tta']:.4f}); "
           f"wrote {model_path}")
 
 
@@ -192,7 +182,7 @@ def cmd_sparsity_sweep(args):
 
 def cmd_evaluate(args):
     from .checkpoint import load_model
-    from .train import evaluate
+    from .train import accuracies_with_tta, evaluate
 
     model = load_model(args.checkpoint)
     data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
@@ -201,7 +191,7 @@ def cmd_evaluate(args):
               "data_source": data.source, "test_images": len(data.test_labels), "test_acc": acc,
               "test_loss": loss}
     if args.tta:
-        result.update(_tta_accuracies(model, data))
+        result.update(accuracies_with_tta(model, data, modes=("flip", "flip-shift")))
     if args.json:
         print(json.dumps(result, indent=1))
     else:

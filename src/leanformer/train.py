@@ -285,6 +285,14 @@ def evaluate(model, images, labels, precision="fp32", device=None, flip_tta=Fals
     return (logits.argmax(1) == labels).float().mean().item(), loss
 
 
+def accuracies_with_tta(model, data, modes=TTA_MODES):
+    """Accuracy on ``data``'s test images for each test-time augmentation mode in ``modes``
+    ("" for none), keyed as a checkpoint's record keys them: ``test_acc``, ``test_acc_flip_tta``,
+    ``test_acc_flip_shift_tta``."""
+    return {"test_acc" + (f"_{mode.replace('-', '_')}_tta" if mode else ""):
+            evaluate(model, data.test_images, data.test_labels, tta=mode)[0] for mode in modes}
+
+
 # --- losses ----------------------------------------------------------------------------------
 
 @dataclass
