@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 # Tests and CI: quick mode, and never reach for the network (the shipped subset is used).
+# LEANFORMER_TIMING=brief is for `make test` alone: one round of timing per cost table
+# (leanformer.measure.measure_costs), since a test run's timings are not read.
 TEST_ENV := LEANFORMER_MODE=quick LEANFORMER_OFFLINE=1 MPLBACKEND=Agg
 
 .PHONY: test book lab notebooks stamp benchmark reference clean
@@ -23,7 +25,7 @@ $(INSTALLED): requirements.txt pyproject.toml
 # tests/conftest.py hands the lessons out longest first (by the cell times stored in each
 # notebook), so that the longest one does not start last and run alone.
 test: $(INSTALLED)
-	OMP_NUM_THREADS=1 $(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env --durations=15
+	OMP_NUM_THREADS=1 LEANFORMER_TIMING=brief $(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env --durations=15
 
 ## The static book in _build/html, warnings as errors. Notebooks are not re-executed.
 book: $(INSTALLED)

@@ -51,13 +51,14 @@ def test_components_add_up_and_follow_the_formula():
     assert 2 * flops["block 1 attention"] == flops["block 0 attention"]
 
 
-def test_measure_costs_times_models_side_by_side(subset):
+def test_measure_costs_times_models_side_by_side(subset, monkeypatch):
     from leanformer.data import CIFAR10
     from leanformer.measure import Cost, cost_table, measure_costs
 
     data = CIFAR10(subset.train_images[:10], subset.train_labels[:10], subset.test_images[:200],
                    subset.test_labels[:200], subset.source)
     big, small = tiny_vit(), tiny_vit(block_widths=((1, 8), (1, 8)))
+    monkeypatch.delenv("LEANFORMER_TIMING", raising=False)  # make test sets it
     costs = measure_costs({"big": big, "small": small}, data, batch_size=32, rounds=2,
                           latency_calls=3, throughput_calls=2, warmup=1,
                           test_acc={"small": 0.5})
@@ -72,6 +73,17 @@ def test_measure_costs_times_models_side_by_side(subset):
     assert b.machine and b.threads == torch.get_num_threads()
     table = cost_table(costs, baseline="big")
     assert list(table.index) == ["big", "small"] and table.loc["big", "throughput vs big"] == 1.0
+
+
+def test_brief_timing_takes_one_round_of_few_calls(monkeypatch):
+    from leanformer.measure import measure_cost
+
+    monkeypatch.setenv("LEANFORMER_TIMING", "brief")
+    cost = measure_cost(tiny_vit(), batch_size=4, rounds=4, latency_calls=5, throughput_calls=2, warmup=1)
+    assert cost.latency_ms.n == 3 and cost.throughput.n == 1
+    monkeypatch.setenv("LEANFORMER_TIMING", "")
+    cost = measure_cost(tiny_vit(), batch_size=4, rounds=2, latency_calls=2, throughput_calls=2, warmup=1)
+    assert cost.latency_ms.n == 4 and cost.throughput.n == 4
 
 
 def test_a_quantized_model_shows_why_its_flops_are_missing():

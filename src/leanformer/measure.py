@@ -307,8 +307,14 @@ def measure_costs(models, data=None, *, files=None, precision="fp32", test_acc=N
 
     Timing: after ``warmup`` untimed calls each, ``rounds`` rounds; in each round every model in
     turn runs ``latency_calls`` single images and ``throughput_calls`` batches of ``batch_size``.
+    ``LEANFORMER_TIMING=brief`` (which ``make test`` sets: the lessons must run there, and nobody
+    reads their timings) cuts that to one round of at most 3 single images and one batch; the
+    table's note on the timing gives the counts either way.
     """
     from .train import evaluate
+
+    if os.environ.get("LEANFORMER_TIMING", "") == "brief":
+        rounds, latency_calls, throughput_calls = 1, min(latency_calls, 3), 1
 
     files, test_acc, inputs = files or {}, test_acc or {}, inputs or {}
     prec = {name: precision.get(name, "fp32") if isinstance(precision, dict) else precision
