@@ -220,11 +220,13 @@ def cmd_stamp(args):
 
 def cmd_execute(args):
     from .lesson import execute_notebook, stamp_notebooks
+    from .measure import machine_info
 
     stamp_notebooks(".")
+    machine = machine_info()
     for path in args.notebooks:
         t0 = time.perf_counter()
-        execute_notebook(path)
+        execute_notebook(path, machine=machine)
         print(f"executed {path} in {time.perf_counter() - t0:.0f} s")
 
 

@@ -1,5 +1,5 @@
 """What every lesson calls in its setup cell: the quick/full switch, the seed, the plot style,
-and ``glue`` for numbers quoted in the prose.
+and ``glue`` and ``say`` for the sentences that quote a measurement.
 
 Quick or full
 -------------
@@ -7,6 +7,16 @@ Quick mode (the default) trains small models on few images so that every noteboo
 about two minutes on a laptop CPU; tests and CI use it. Full mode runs each lesson as
 written for a reader with a GPU or time to spare. Choose it with the environment variable
 ``LEANFORMER_MODE=full`` or by setting ``QUICK = False`` in a lesson's setup cell.
+
+Sentences with measured numbers
+-------------------------------
+A sentence that quotes a measurement is the Markdown output of a cell, not a markdown cell:
+the book, JupyterLab and Colab then all show the same text, with the numbers of the run that
+made it. A code cell keeps a value under a name (``lesson.glue("speedup", 2.5)``); a prose
+cell right after it writes the sentence from a template with named values
+(``lesson.say("It runs {speedup:.2f} times as fast.")``). Such a cell is hidden in all three
+places: the book's ``remove-input`` tag, JupyterLab's ``source_hidden`` and Colab's form
+view (``PROSE_METADATA``).
 """
 import logging
 import os
@@ -28,17 +38,37 @@ def setup(seed=0):
 
     from .plots import use_course_style
 
+    _GLUED.clear()
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     # torch.utils.benchmark imports torch.utils.cpp_extension, which logs a guess at CUDA_HOME on
     # a machine without CUDA. The lessons build no extensions, so the line is only noise.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    _quiet_library_noise()
     _inline_plots()
     use_course_style()
     quick = is_quick()
     print(f"leanformer: {'quick' if quick else 'full'} mode, seed {seed}")
     return quick
+
+
+# Warnings that PyTorch's compiler and exporter print about their own internals: they say
+# nothing about the lesson and nothing a reader can act on.
+_NOISE = (
+    ("To copy construct from a tensor", r"torch\._inductor"),
+    ("No complete tensor found in the group", r"torch\.export"),
+    ("TypedStorage is deprecated", r"torch\."),
+)
+
+
+def _quiet_library_noise():
+    import warnings
+
+    for message, module in _NOISE:
+        warnings.filterwarnings("ignore", message=message, category=UserWarning, module=module)
+    # torch.compile logs that torchao's enums no longer need registering: a note for torchao.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 def _inline_plots():
@@ -53,18 +83,55 @@ def _inline_plots():
         shell.run_line_magic("matplotlib", "inline")
 
 
+# The values a lesson's prose quotes, by name: filled by glue, read by say.
+_GLUED: dict = {}
+
+# How a prose cell is kept out of the reader's way: the book drops its source
+# (remove-input), JupyterLab collapses it, Colab shows it as a form with only its title.
+PROSE_TITLE = "#@title This run's numbers, in words"
+PROSE_METADATA = {"tags": ["remove-input"], "jupyter": {"source_hidden": True}, "cellView": "form"}
+
+
 def glue(name, value):
-    """Store ``value`` under ``name`` for the book's ``{glue:text}`` roles. Outside a Jupyter
-    Book build (in Colab, say) it only returns the value. A numpy or torch scalar is stored as
-    the Python number it holds, so that a format such as ``{glue:text}`name:.2f``` can read it."""
+    """Keep ``value`` under ``name`` for the sentences that ``say`` writes, and return it. A
+    numpy or torch scalar is kept as the Python number it holds."""
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
         value = value.item()
-    try:
-        from myst_nb import glue as _glue
-    except ImportError:
-        return value
-    _glue(name, value, display=False)
+    _GLUED[name] = value
     return value
+
+
+def render(template, values=None):
+    """``template`` (dedented, stripped) with each ``{name}`` or ``{name:format}`` filled from
+    ``values`` (by default, every value glued so far). Literal braces are written ``{{`` and
+    ``}}``, as in ``str.format``."""
+    import textwrap
+
+    values = _GLUED if values is None else values
+    text = textwrap.dedent(template).strip()
+    try:
+        return text.format_map(values)
+    except KeyError as err:
+        name = err.args[0]
+        raise KeyError(f"the sentence quotes {{{name}}}, but no value is glued under {name!r}: "
+                       f"run the cell that calls lesson.glue({name!r}, ...) first") from None
+
+
+def say(template, **values):
+    """Display ``template`` as Markdown, filled from the glued values (and ``values``, which
+    take precedence). In a notebook the output is Markdown with the same text as its plain
+    fallback; elsewhere the text is printed."""
+    text = render(template, {**_GLUED, **values})
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:
+        print(text)
+        return
+    if get_ipython() is None:
+        print(text)
+        return
+    display({"text/markdown": text, "text/plain": text}, raw=True)
 
 
 def show_source(obj):
@@ -136,13 +203,17 @@ def stamp_notebooks(root=".", check=False):
     return changed
 
 
-def execute_notebook(path, timeout=900):
+def execute_notebook(path, timeout=900, machine=None):
     """Run a notebook top to bottom in place, keeping its outputs. Progress-bar updates
-    (carriage returns) are collapsed, so a saved output holds the final line, not every frame."""
+    (carriage returns) are collapsed, so a saved output holds the final line, not every frame.
+    ``machine`` (a description) is recorded in the notebook's metadata, so that a test can check
+    that every saved lesson was executed on the same machine."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                    resources={"metadata": {"path": str(Path(path).parent)}}).execute()
+    if machine is not None:
+        nb.metadata["leanformer"] = {"machine": machine}
     nbformat.write(nb, path)
