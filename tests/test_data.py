@@ -237,3 +237,47 @@ def test_full_mode_looks_for_the_official_download(tmp_cache, monkeypatch):
     monkeypatch.setattr(D, "_online", lambda *a, **k: asked.append(1) or False)
     data = load_cifar10(verbose=False)
     assert asked == [1] and "shipped subset" in data.source  # offline: falls back to the subset
+
+
+def test_make_subset_is_stratified_reproducible_and_loads(tmp_path, tmp_cache):
+    source = make_tar(make_folders(tmp_path / "src", per_class=3), tmp_path / "full.tar.gz")
+    a, b = tmp_path / "a" / "subset.tar.gz", tmp_path / "b" / "subset.tar.gz"
+    sha = D.make_subset(source, a, per_class=2, seed=0)
+    assert D.make_subset(source, b, per_class=2, seed=0) == sha == D.sha256_file(a)
+    assert a.read_bytes() == b.read_bytes()  # byte for byte
+    data = load_cifar10(a, verbose=False)
+    assert torch.bincount(data.train_labels).tolist() == [2] * 10  # 2 of each class's 3
+    assert torch.bincount(data.test_labels).tolist() == [3] * 10  # every test image
+    assert [p.name for p in a.parent.iterdir()] == ["subset.tar.gz"]
+
+
+def test_a_failed_make_subset_leaves_the_old_file_and_no_temporary_one(tmp_path, monkeypatch):
+    source = make_tar(make_folders(tmp_path / "src", per_class=2), tmp_path / "full.tar.gz")
+    out = tmp_path / "out"
+    out.mkdir()
+    dest = out / "subset.tar.gz"
+    dest.write_bytes(b"the previous subset")
+
+    with pytest.raises(DataError, match="no archive at"):  # a source that is not there
+        D.make_subset(tmp_path / "nowhere.tar.gz", dest)
+    with pytest.raises(DataError, match="fewer than --per-class 5"):
+        D.make_subset(source, dest, per_class=5)
+
+    def disk_full(self, *args, **kwargs):  # fails midway through writing the archive
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        D.make_subset(source, dest, per_class=1)
+    assert [p.name for p in out.iterdir()] == ["subset.tar.gz"]
+    assert dest.read_bytes() == b"the previous subset"
+
+
+def test_cli_make_subset_reports_a_bad_source_in_one_line(tmp_path):
+    from leanformer.__main__ import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["make-subset", str(tmp_path / "nowhere.tar.gz"), str(tmp_path / "out" / "s.tar.gz")])
+    assert str(e.value.code).startswith("error: make-subset: no archive at")
+    assert "\n" not in str(e.value.code)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

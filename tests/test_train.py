@@ -96,6 +96,65 @@ def test_a_state_saved_before_new_recipe_fields_still_resumes(subset, tmp_path):
             progress=False)
 
 
+def test_resume_refuses_other_data_other_starting_weights_or_another_teacher(subset, tmp_path):
+    """The recipe alone does not make a run: a state resumes only with the data, the starting
+    weights and the teacher it was written with, and the refusal names which one differs."""
+    import copy
+
+    from leanformer.distill import DistillationLoss
+    from leanformer.train import recipe_loss
+
+    data, other_data = small(subset, 256, 100), small(subset, 128, 100)
+    recipe = get_recipe("quick", epochs=1)
+    start = build_model(recipe)
+    with torch.no_grad():
+        start.head.bias.add_(0.5)  # weights the recipe's own initialisation would not give
+    teacher = build_model(get_recipe("quick", seed=1)).eval()
+    other_teacher = build_model(get_recipe("quick", seed=2)).eval()
+
+    def loss(t, alpha=0.9):
+        return DistillationLoss(t, alpha, 4.0, recipe_loss(recipe))
+
+    state = tmp_path / "run.last.pt"
+    fit(recipe, data, state_path=state, model=copy.deepcopy(start), loss_fn=loss(teacher), progress=False)
+
+    def resume(**kw):
+        args = dict(data=data, model=copy.deepcopy(start), loss_fn=loss(teacher)) | kw
+        return fit(recipe, args.pop("data"), state_path=state, resume=True, progress=False, **args)
+
+    with pytest.raises(checkpoint.CheckpointError, match="other data") as e:
+        resume(data=other_data)
+    assert str(state) in str(e.value) and "\n" not in str(e.value)
+    with pytest.raises(checkpoint.CheckpointError, match="other weights"):
+        resume(model=build_model(recipe))  # the recipe's fresh weights, not the given ones
+    with pytest.raises(checkpoint.CheckpointError, match="other weights.*fresh initialisation"):
+        resume(model=None)
+    with pytest.raises(checkpoint.CheckpointError, match="another teacher"):
+        resume(loss_fn=loss(other_teacher))
+    with pytest.raises(checkpoint.CheckpointError, match="another teacher.*alpha 0.5"):
+        resume(loss_fn=loss(teacher, alpha=0.5))
+    with pytest.raises(checkpoint.CheckpointError, match="another teacher.*no teacher"):
+        resume(loss_fn=None)
+    _, history = resume()  # the same data, starting weights and teacher: it resumes
+    assert history == checkpoint.load_state(state)["history"]
+
+
+def test_a_state_from_before_the_run_was_recorded_resumes_with_a_warning(subset, tmp_path, capsys):
+    """A state file written before data, starting weights and teacher were recorded in it still
+    resumes (its recipe is checked), and says on stderr what it could not check."""
+    data = small(subset, 256, 100)
+    state = tmp_path / "last.pt"
+    fit(get_recipe("quick", epochs=1), data, state_path=state, progress=False)
+    old = checkpoint.load_state(state)
+    assert set(old["run"]) == {"data", "init", "teacher"}
+    del old["run"]
+    checkpoint.save_state(state, old)
+    capsys.readouterr()
+    _, history = fit(get_recipe("quick", epochs=1), data, state_path=state, resume=True, progress=False)
+    assert history == old["history"]
+    assert "predates" in capsys.readouterr().err
+
+
 def test_schedule_warms_up_then_decays_to_zero():
     peak, total, warm = 1e-3, 1000, 100
     assert lr_at(0, total, warm, peak) == pytest.approx(peak / warm)

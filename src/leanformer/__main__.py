@@ -14,6 +14,11 @@ def _data(path, verbose=True):
     return load_cifar10(path, verbose=verbose)
 
 
+def _command(args):
+    """The command line as typed, for a file's provenance (``main(argv)`` records ``argv``)."""
+    return "python -m leanformer " + " ".join(args.argv)
+
+
 def _data_sha256(path):
     """sha256 of the data file a command read, for its provenance (None for a folder or none)."""
     from .data import sha256_file
@@ -21,20 +26,95 @@ def _data_sha256(path):
     return sha256_file(path) if path and Path(path).is_file() else None
 
 
+class UsageError(Exception):
+    """A command line that asks for something that cannot be: reported in one line on stderr
+    with exit status 2, as argparse reports a flag it does not know."""
+
+
+# The distillation setting that lesson 06 found best for its students (soft targets, most of the
+# weight on the teacher, softened at T = 4): what --teacher means without --alpha or
+# --temperature. Hard targets (DeiT) split the weight evenly, as DeiT and lesson 06 do, and take
+# no temperature.
+DISTILL_DEFAULTS = {"soft": {"alpha": 0.9, "temperature": 4.0},
+                    "hard": {"alpha": 0.5, "temperature": 1.0}}
+# torchao's intx quantizers take int1 to int8; a symmetric 1-bit integer holds only -1 and 0 and
+# so no positive weight, which makes 2 bits the fewest that mean anything.
+QAT_BITS = range(2, 9)
+
+
+def _distillation_setting(args):
+    """(kind, alpha, temperature) for ``train``: the flags given, lesson 06's setting for the
+    rest. Raises UsageError for flags that do not go together."""
+    given = {k: v for k, v in (("--kind", args.kind), ("--alpha", args.alpha),
+                                ("--temperature", args.temperature)) if v is not None}
+    if not args.teacher:
+        if given:
+            raise UsageError(f"{', '.join(given)} set the distillation loss; give --teacher too")
+        return None
+    kind = args.kind or "soft"
+    alpha = DISTILL_DEFAULTS[kind]["alpha"] if args.alpha is None else args.alpha
+    temperature = DISTILL_DEFAULTS[kind]["temperature"] if args.temperature is None else args.temperature
+    if kind == "hard" and temperature != 1.0:
+        raise UsageError("--kind hard takes the teacher's top class; --temperature does not apply")
+    if not 0.0 <= alpha <= 1.0 or temperature <= 0:
+        raise UsageError(f"--alpha must lie in [0, 1] and --temperature be positive "
+                         f"(got {alpha:g} and {temperature:g})")
+    return kind, alpha, temperature
+
+
+def _describe_setting(args, kind, alpha, temperature):
+    """The distillation setting in words, saying which part came from the defaults."""
+    words = f"{kind} targets, alpha {alpha:g}" + (f", temperature {temperature:g}" if kind == "soft" else "")
+    unset = [flag for flag, value in (("--alpha", args.alpha), ("--temperature", args.temperature))
+             if value is None and not (flag == "--temperature" and kind == "hard")]
+    return words + (f" ({' and '.join(unset)}: lesson 06's setting)" if unset else "")
+
+
+def _refuse_to_overwrite(model_path, state_path, resume, force):
+    """Stop before any work if this run would overwrite a finished model (its .safetensors or
+    its .json) or another run's training state, unless the flags say to.
+
+    --resume continues the run whose state is ``state_path``; it never replaces a finished model
+    on its own, so that ``--out checkpoints`` cannot silently replace a shipped one. --force
+    replaces (with --resume too: continue that run, then replace the model it finishes)."""
+    if force:
+        return
+    for path in (model_path, model_path.with_suffix(".json")):
+        if path.exists():
+            how = (f"--force trains afresh and replaces it, --resume --force continues {state_path} "
+                   "and replaces it at the end" if state_path.exists() else
+                   "--force trains afresh and replaces it")
+            sys.exit(f"error: {path} exists: a finished model, which this run would replace; "
+                     f"{how}; or choose another --out or --name")
+    if state_path.exists() and not resume:
+        sys.exit(f"error: {state_path} exists: the state of another run in this folder; --resume "
+                 "continues that run, --force starts afresh and replaces it; or choose another "
+                 "--out or --name")
+
+
 def cmd_train(args):
     from . import checkpoint
     from .train import accuracies_with_tta, evaluate, fit, get_recipe
 
-    if not args.teacher and (args.alpha != 1.0 or args.temperature != 1.0 or args.kind != "soft"):
-        raise SystemExit("error: --alpha, --temperature and --kind set the distillation loss; "
-                         "give --teacher too")
-    if args.kind == "hard" and args.temperature != 1.0:
-        raise SystemExit("error: --kind hard takes the teacher's top class; --temperature does not apply")
-    if not 0.0 <= args.alpha <= 1.0 or args.temperature <= 0:
-        raise SystemExit(f"error: --alpha must lie in [0, 1] and --temperature be positive "
-                         f"(got {args.alpha} and {args.temperature})")
-    overrides = {"epochs": args.epochs} if args.epochs else {}
-    recipe = get_recipe(args.recipe, **overrides)
+    # Every check of the flags comes before anything is loaded or trained.
+    setting = _distillation_setting(args)
+    if args.qat_bits is None and args.qat_group is not None:
+        raise UsageError("--qat-group sets the groups of --qat-bits; give --qat-bits too")
+    if args.qat_bits is not None and not args.init:
+        raise UsageError("--qat-bits fine-tunes a trained model; give it with --init")
+    if args.qat_group is not None and args.qat_group < 0:
+        raise UsageError(f"--qat-group is a number of weights per group, or 0 for one scale per "
+                         f"row (got {args.qat_group})")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    recipe = get_recipe(args.recipe, **({"epochs": args.epochs} if args.epochs else {}))
+    name = args.name or recipe.name
+    model_path, state_path = out / f"{name}.safetensors", out / f"{name}.last.pt"
+    _refuse_to_overwrite(model_path, state_path, args.resume, args.force)
+    if args.resume and not state_path.exists():
+        print(f"no training state at {state_path} to resume: starting afresh")
+
     start = checkpoint.load_model(args.init) if args.init else None
     # fit() writes the new training record onto the model it trains: keep the starting one.
     init = ({"path": str(args.init), "weights_sha256": start.weights_sha256,
@@ -44,23 +124,27 @@ def cmd_train(args):
         from .distill import DistillationLoss
         from .train import recipe_loss
 
+        kind, alpha, temperature = setting
         teacher_model = checkpoint.load_model(args.teacher)
-        loss_fn = DistillationLoss(teacher_model, args.alpha, args.temperature, recipe_loss(recipe),
-                                   kind=args.kind)
+        loss_fn = DistillationLoss(teacher_model, alpha, temperature, recipe_loss(recipe), kind=kind)
         teacher = {"path": str(args.teacher), "weights_sha256": teacher_model.weights_sha256,
                    "arch": checkpoint.arch_of(teacher_model), **loss_fn.describe()}
+        print(f"distilling from {args.teacher}: {_describe_setting(args, *setting)}")
     qat = None
-    if args.qat_bits:
+    if args.qat_bits is not None:
+        from torch import nn
+
         from .quantize import convert_qat, intx_quantize, prepare_qat
 
-        if start is None:
-            raise SystemExit("error: --qat-bits fine-tunes a trained model; give it with --init")
-        prepare_qat(start, args.qat_bits, args.qat_group or None)
+        group = _qat_group_default() if args.qat_group is None else args.qat_group
+        uneven = [f"{n} ({m.in_features})" for n, m in start.named_modules()
+                  if isinstance(m, nn.Linear) and group and m.in_features % group]
+        if uneven:
+            raise UsageError(f"--qat-group {group} must divide the inputs of every Linear layer; "
+                             f"it does not divide {', '.join(uneven[:3])}")
+        prepare_qat(start, args.qat_bits, group or None)
         qat = dict(start.qat)
     data = _data(args.data)
-    out = Path(args.out)
-    name = args.name or recipe.name
-    state_path = out / f"{name}.last.pt"
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start,
                          loss_fn=loss_fn)
     if qat:  # save the float weights; the quantized model is rebuilt from them (intx_quantize)
@@ -71,7 +155,7 @@ def cmd_train(args):
     accuracies = accuracies_with_tta(model, data)
     provenance = {
         **model.provenance,
-        "command": "python -m leanformer " + " ".join(sys.argv[1:]),
+        "command": _command(args),
         "data_sha256": _data_sha256(args.data),
         "init": init,
         "teacher": teacher,
@@ -79,11 +163,20 @@ def cmd_train(args):
         **accuracies,
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
-    model_path = out / f"{name}.safetensors"
     _save_with_json(model, model_path, provenance)
     print(f"test accuracy {accuracies['test_acc']:.4f} (flip TTA {accuracies['test_acc_flip_tta']:.4f}, "
           f"flip+shift TTA {accuracies['test_acc_flip_shift_tta']:.4f}); "
           f"wrote {model_path}")
+
+
+def _qat_group_default():
+    """The group size ``quantize.prepare_qat`` uses when given none, as --qat-group counts it
+    (0: one scale per row): the command line and the library mean the same by default."""
+    import inspect
+
+    from .quantize import prepare_qat
+
+    return inspect.signature(prepare_qat).parameters["group_size"].default or 0
 
 
 def cmd_distill_sweep(args):
@@ -93,7 +186,7 @@ def cmd_distill_sweep(args):
 
     teacher = checkpoint.load_model(args.teacher)
     settings = sweep_settings(args.temperatures, args.alphas, args.hard_alphas)
-    about = {"command": "python -m leanformer " + " ".join(sys.argv[1:]),
+    about = {"command": _command(args),
              "teacher": {"path": str(args.teacher), "weights_sha256": teacher.weights_sha256}}
     sweep(teacher, get_recipe(args.recipe), _data(args.data), settings, out=args.out, about=about)
     print(f"wrote {args.out}")
@@ -123,7 +216,7 @@ def cmd_prune(args):
     except ValueError as e:
         raise SystemExit(f"error: --{str(e).replace('units:', 'mlp-units:')}") from None
     provenance = {
-        "command": "python -m leanformer " + " ".join(sys.argv[1:]),
+        "command": _command(args),
         "pruned_from": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
         "data_sha256": _data_sha256(args.data),
         **record,
@@ -141,13 +234,13 @@ def cmd_sparsity_sweep(args):
 
     bad = [level for level in args.levels if not 0 <= level < 1]
     if bad:
-        raise SystemExit(f"--levels are shares of weights to zero, each in [0, 1); got {bad}")
+        raise UsageError(f"--levels are shares of weights to zero, each in [0, 1); got {bad}")
     model = checkpoint.load_model(args.checkpoint)
     recipe = get_recipe(args.recipe, **({"epochs": args.epochs} if args.epochs else {}))
     data = _data(args.data)
     t0 = time.perf_counter()
     rows, models = sparsity_sweep(model, data, args.levels, recipe, progress=True)
-    command = "python -m leanformer " + " ".join(sys.argv[1:])
+    command = _command(args)
     if args.save_dir:
         for row in rows:
             path = Path(args.save_dir) / f"sparse-{100 * row['sparsity']:g}.safetensors"
@@ -230,27 +323,64 @@ def cmd_execute(args):
         print(f"executed {path} in {time.perf_counter() - t0:.0f} s")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m leanformer", description=__doc__)
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error in one line (exit status 2) rather than the usage text
+    followed by it: the line says what is wrong, and -h says the rest."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _qat_bits(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value not in QAT_BITS:
+        raise argparse.ArgumentTypeError(f"torchao's intx quantizers take {QAT_BITS.start} to "
+                                         f"{QAT_BITS.stop - 1} bits, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser: ``python -m leanformer -h`` prints what it knows."""
+    parser = _Parser(prog="python -m leanformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a recipe; writes OUT/NAME.safetensors and NAME.json")
     p.add_argument("--recipe", required=True)
     p.add_argument("--data", help="CIFAR-10 path (class folders, .tar.gz or cifar-10-batches-py)")
     p.add_argument("--out", default="runs", help="output directory (default: runs)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/NAME.last.pt")
-    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--resume", action="store_true", help="continue the run whose state is "
+                   "OUT/NAME.last.pt (the same recipe, data, --init and --teacher)")
+    p.add_argument("--force", action="store_true", help="replace OUT/NAME.safetensors, its .json "
+                   "and OUT/NAME.last.pt if they exist; without it, train refuses to")
+    p.add_argument("--epochs", type=_positive_int, help="override the recipe's number of epochs")
     p.add_argument("--init", help="start from this .safetensors model (a fine-tune) instead of scratch")
     p.add_argument("--name", help="file name for OUT/NAME.safetensors and .json (default: the recipe's)")
     p.add_argument("--teacher", help="distil from this .safetensors model (leanformer.distill)")
-    p.add_argument("--alpha", type=float, default=1.0, help="weight of the teacher's soft targets (default 1)")
-    p.add_argument("--temperature", type=float, default=1.0, help="distillation temperature (default 1)")
-    p.add_argument("--kind", choices=("soft", "hard"), default="soft", help="soft targets (Hinton, the "
-                   "default) or the teacher's top class as a label (DeiT's hard distillation)")
-    p.add_argument("--qat-bits", type=int, help="quantization-aware training: fake-quantize the Linear weights "
-                   "to this many bits (and their inputs to int8) while fine-tuning --init (leanformer.quantize)")
-    p.add_argument("--qat-group", type=int, default=0, help="with --qat-bits: weights in groups of this many "
-                   "along each row (default 0: one scale per row)")
+    p.add_argument("--kind", choices=("soft", "hard"), help="with --teacher: soft targets (Hinton, "
+                   "the default) or the teacher's top class as a label (DeiT's hard distillation)")
+    p.add_argument("--alpha", type=float, help="with --teacher: weight of the teacher's term "
+                   "(default: lesson 06's, 0.9 for soft targets, 0.5 for hard ones)")
+    p.add_argument("--temperature", type=float, help="with --teacher: the soft targets' temperature "
+                   "(default: lesson 06's, 4)")
+    p.add_argument("--qat-bits", type=_qat_bits, help="quantization-aware training: fake-quantize "
+                   f"the Linear weights to this many bits, {QAT_BITS.start} to {QAT_BITS.stop - 1} "
+                   "(and their inputs to int8) while fine-tuning --init (leanformer.quantize)")
+    p.add_argument("--qat-group", type=int, help="with --qat-bits: weights in groups of this many "
+                   f"along each row, 0 for one scale per row (default: prepare_qat's, "
+                   f"{_qat_group_default()})")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill-sweep", help="train a student once per distillation setting, write a JSON table")
@@ -268,7 +398,7 @@ def main(argv=None):
     p.add_argument("--data", help="CIFAR-10 path")
     p.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--recipe", default="finetune-brief", help="fine-tune recipe (default finetune-brief)")
-    p.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     p.add_argument("--out", required=True, help="the JSON file to write")
     p.add_argument("--save-dir", help="also save each fine-tuned sparse model there (sparse-NN.safetensors)")
     p.set_defaults(func=cmd_sparsity_sweep)
@@ -295,7 +425,7 @@ def main(argv=None):
     p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")
     p.add_argument("source")
     p.add_argument("dest")
-    p.add_argument("--per-class", type=int, default=500)
+    p.add_argument("--per-class", type=_positive_int, default=500)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_make_subset)
 
@@ -307,13 +437,21 @@ def main(argv=None):
     p.add_argument("notebooks", nargs="+")
     p.set_defaults(func=cmd_execute)
 
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     from .checkpoint import CheckpointError
     from .data import DataError
     from .train import RecipeError
 
     try:
         args.func(args)
+    except UsageError as e:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {e}\n")
     except (DataError, CheckpointError, RecipeError) as e:
         sys.exit(f"error: {e}")
 

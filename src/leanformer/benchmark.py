@@ -111,9 +111,11 @@ def main(argv=None):
             print(f"{name:<12}{precision:<11}{ips:>10.0f}{gflops:>10.1f}"
                   f"{row['fraction_of_ceiling']:>11.0%} {row['speedup_vs_naive']:>9.2f}x")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(machine=machine_info(), flops_per_image=flops_per_image, ceilings=ceilings,
-                           batch_size=args.batch_size, rows=rows), f, indent=1)
+        from .checkpoint import atomic_write
+
+        result = dict(machine=machine_info(), flops_per_image=flops_per_image, ceilings=ceilings,
+                      batch_size=args.batch_size, rows=rows)
+        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 if __name__ == "__main__":

@@ -5,13 +5,16 @@
   sha256 of the weights that ``load_model`` checks. Loading runs no code.
 * Training state (model, optimizer, history) for ``--resume`` is a ``torch.save`` file read back
   with ``weights_only=True``, so it cannot execute code either.
-* Every file is written to a temporary name and renamed into place: a kill mid-write leaves the
+* Every file the package writes goes through ``atomic_write``: written to a temporary name,
+  forced to the disk and renamed into place, so that a kill or a power cut mid-write leaves the
   previous file intact.
 """
 import hashlib
 import json
 import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -31,21 +34,56 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged or of the wrong kind."""
 
 
-def atomic_write(path, write):
-    """Call ``write(tmp_path)``, then rename the temporary file onto ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
+    """Write a file so that a crash or a power cut leaves either the old file or the whole new
+    one at ``path``, never a part of either.
+
+    ``write(tmp)`` writes the content to ``tmp``, a temporary file in the same folder (a rename
+    is atomic only within one file system). The file's bytes are then forced to the disk
+    (``os.fsync``) before it is renamed onto ``path``: without that, a power cut soon after the
+    rename can leave ``path`` naming an empty file. The folder is fsynced after the rename, so
+    that the new name itself survives. If ``write`` fails, the temporary file is removed and the
+    old file at ``path`` is untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # A unique name in the same folder: two writers of one path never share a temporary file.
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
         write(tmp)
-        # Some writers (safetensors among them) create owner-only files; give the result the
-        # permissions any new file would get, so that a shared checkpoint stays readable.
+        # The writer has closed its file; reopen it to force its bytes to the disk.
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        # mkstemp and some writers (safetensors among them) create owner-only files; give the
+        # result the permissions any new file would get, so that a shared checkpoint stays
+        # readable.
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Force a folder's entries (a rename into it) to the disk, where the system allows it:
+    Windows cannot open a folder, and some network file systems refuse to sync one. The file
+    itself is already on the disk then, so a refusal here is no reason to fail the write."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def weights_sha256(state_dict):

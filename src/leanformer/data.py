@@ -183,14 +183,13 @@ def _cached(p, kind):
 
 
 def _write_atomic_npz(path, arrays):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
+    from .checkpoint import atomic_write  # checkpoint imports this module: import on use
+
+    def write(tmp):
+        with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append .npz
             np.savez(f, **arrays)
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write(path, write)  # a reader sees the old file or the whole new one
 
 
 def _pixels(p, kind):
@@ -425,41 +424,61 @@ def mix(x, y, generator=None, prob=0.5, mixup_alpha=0.8, cutmix_alpha=1.0):
 
 # --- the shipped subset ----------------------------------------------------------------------
 
-def make_subset(source, dest, per_class=500, seed=0):
+def make_subset(source: str | os.PathLike, dest: str | os.PathLike, per_class: int = 500,
+                seed: int = 0) -> str:
     """Write a stratified real subset of a class-folder CIFAR-10 .tar.gz: ``per_class`` training
     images per class, chosen at random with ``seed``, and every test image. JPEG bytes are
-    copied unchanged, and the archive is byte-for-byte reproducible."""
+    copied unchanged, and the archive is byte-for-byte reproducible. Returns its sha256.
+
+    The archive is written with ``checkpoint.atomic_write``: a failure at any point leaves
+    ``dest`` as it was and no temporary file beside it."""
     import gzip
     import random
 
-    chosen = {}
-    with tarfile.open(source, "r:*") as tar:
-        members = [m for m in tar if m.isfile() and _split_and_label(Path(m.name).parts)]
-        by_class = {}
-        for m in members:
-            split, label = _split_and_label(Path(m.name).parts)
-            if split == "test":
-                chosen[m.name] = m
-            else:
-                by_class.setdefault(label, []).append(m)
-        rng = random.Random(seed)
-        for label in sorted(by_class):
-            group = sorted(by_class[label], key=lambda m: m.name)
-            for m in rng.sample(group, per_class):
-                chosen[m.name] = m
-        blobs = {}
-        for name in sorted(chosen):
-            split, label = _split_and_label(Path(name).parts)
-            new = f"cifar10-subset/{split}/{CLASSES[label]}/{Path(name).name}"
-            blobs[new] = tar.extractfile(chosen[name]).read()
+    from .checkpoint import atomic_write  # checkpoint imports this module: import on use
 
-    dest = Path(dest)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
-        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as out:
-            for name in sorted(blobs):
-                info = tarfile.TarInfo(name)
-                info.size, info.mtime, info.mode = len(blobs[name]), 0, 0o644
-                out.addfile(info, io.BytesIO(blobs[name]))
-    os.replace(tmp, dest)
+    source = Path(source)
+    if not source.is_file():
+        raise DataError(f"make-subset: no archive at {source}. Pass a class-folder CIFAR-10 "
+                        ".tar.gz (train/<class>/*.jpg and test/<class>/*.jpg).")
+    chosen = {}
+    try:
+        with tarfile.open(source, "r:*") as tar:
+            members = [m for m in tar if m.isfile() and _split_and_label(Path(m.name).parts)]
+            by_class = {}
+            for m in members:
+                split, label = _split_and_label(Path(m.name).parts)
+                if split == "test":
+                    chosen[m.name] = m
+                else:
+                    by_class.setdefault(label, []).append(m)
+            rng = random.Random(seed)
+            for label in sorted(by_class):
+                group = sorted(by_class[label], key=lambda m: m.name)
+                if len(group) < per_class:
+                    raise DataError(f"make-subset: {source} has {len(group)} training images of "
+                                    f"class {CLASSES[label]!r}, fewer than --per-class {per_class}.")
+                for m in rng.sample(group, per_class):
+                    chosen[m.name] = m
+            blobs = {}
+            for name in sorted(chosen):
+                split, label = _split_and_label(Path(name).parts)
+                new = f"cifar10-subset/{split}/{CLASSES[label]}/{Path(name).name}"
+                blobs[new] = tar.extractfile(chosen[name]).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+        raise DataError(f"make-subset: cannot read {source}: the archive is truncated or corrupt "
+                        f"({e}). Copy or download it again.") from None
+    if not blobs:
+        raise DataError(f"make-subset: {source} holds no train/<class>/ or test/<class>/ images.")
+
+    def write(tmp):
+        # mtime 0, no file name and sorted members: the same input gives the same bytes.
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as out:
+                for name in sorted(blobs):
+                    info = tarfile.TarInfo(name)
+                    info.size, info.mtime, info.mode = len(blobs[name]), 0, 0o644
+                    out.addfile(info, io.BytesIO(blobs[name]))
+
+    atomic_write(dest, write)
     return sha256_file(dest)

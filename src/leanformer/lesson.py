@@ -166,11 +166,13 @@ def repository(config="_config.yml"):
     return repo["url"].rstrip("/"), repo.get("branch", "main")
 
 
-def stamp_notebooks(root=".", check=False):
+def stamp_notebooks(root: str | Path = ".", check: bool = False) -> list[Path]:
     """Write the Colab badge (first cell) and the Colab set-up cell (second cell, tagged
     ``colab-setup``) of every notebook from _config.yml. Returns the notebooks that changed
     (or, with ``check=True``, that would change)."""
     import nbformat
+
+    from .checkpoint import atomic_write
 
     root = Path(root)
     url, branch = repository(root / "_config.yml")
@@ -199,11 +201,11 @@ def stamp_notebooks(root=".", check=False):
             cells.insert(1, nbformat.v4.new_code_cell(setup_src))
         cells[1]["source"] = setup_src
         cells[1]["metadata"]["tags"] = tags
-        nbformat.write(nb, path)
+        atomic_write(path, lambda tmp: nbformat.write(nb, str(tmp)))
     return changed
 
 
-def execute_notebook(path, timeout=900, machine=None):
+def execute_notebook(path: str | Path, timeout: int = 900, machine: str | None = None) -> None:
     """Run a notebook top to bottom in place, keeping its outputs. Progress-bar updates
     (carriage returns) are collapsed, so a saved output holds the final line, not every frame.
     ``machine`` (a description) is recorded in the notebook's metadata, so that a test can check
@@ -211,9 +213,11 @@ def execute_notebook(path, timeout=900, machine=None):
     import nbformat
     from nbclient import NotebookClient
 
+    from .checkpoint import atomic_write
+
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
                    resources={"metadata": {"path": str(Path(path).parent)}}).execute()
     if machine is not None:
         nb.metadata["leanformer"] = {"machine": machine}
-    nbformat.write(nb, path)
+    atomic_write(path, lambda tmp: nbformat.write(nb, str(tmp)))  # a kill mid-write keeps the old notebook

@@ -11,9 +11,11 @@ Reproducibility: every random draw of epoch ``e`` comes from generators seeded w
 ``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
 """
 import math
+import sys
 import time
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -373,10 +375,91 @@ class Lookahead:
             self.slow[k].copy_(v)
 
 
+# --- what a run is, for an exact resume ------------------------------------------------------
+
+def data_sha256(data: CIFAR10) -> str:
+    """A digest of a data set's images and labels, whatever file or folder they came from: two
+    loads of the same images agree, a data set with one pixel changed does not."""
+    return checkpoint.weights_sha256({"train_images": data.train_images,
+                                      "train_labels": data.train_labels,
+                                      "test_images": data.test_images,
+                                      "test_labels": data.test_labels})
+
+
+def run_identity(data: CIFAR10, model: nn.Module | None = None,
+                 loss_fn: Callable | None = None) -> dict:
+    """What a run trains on and from, besides its recipe, as ``fit`` records it in the training
+    state and checks it on resume:
+
+    data:    the data set's digest (``data_sha256``) and, to name it in a message, its source;
+    init:    None when the recipe builds the model afresh, else the starting weights' sha256 and
+             the QAT scheme the model carries (``quantize.prepare_qat`` leaves the weights, and
+             so their digest, as they were: the bits tell two schemes apart);
+    teacher: None without one, else the teacher's weights' sha256 and the loss's settings
+             (``DistillationLoss.describe``: kind, alpha, temperature).
+    """
+    init = None
+    if model is not None:
+        init = {"weights_sha256": checkpoint.weights_sha256(model.state_dict()),
+                "qat": getattr(model, "qat", None)}
+    teacher = getattr(loss_fn, "teacher", None)
+    if isinstance(teacher, nn.Module):
+        teacher = {"weights_sha256": checkpoint.weights_sha256(teacher.state_dict()),
+                   **(loss_fn.describe() if hasattr(loss_fn, "describe") else {})}
+    else:
+        teacher = None
+    return {"data": {"sha256": data_sha256(data), "source": data.source},
+            "init": init, "teacher": teacher}
+
+
+def _describe_init(init):
+    if init is None:
+        return "the recipe's fresh initialisation"
+    qat = init.get("qat")
+    return (f"weights sha256 {init['weights_sha256'][:12]}…"
+            + (f" with {qat['weight_bits']}-bit QAT, groups of {qat['group_size']}" if qat else ""))
+
+
+def _describe_teacher(teacher):
+    if teacher is None:
+        return "no teacher"
+    settings = ", ".join(f"{k} {v}" for k, v in teacher.items() if k != "weights_sha256")
+    return f"teacher weights sha256 {teacher['weights_sha256'][:12]}…" + (f" ({settings})" if settings else "")
+
+
+def check_same_run(state_path: str | Path, recorded: dict | None, now: dict) -> None:
+    """Refuse to resume a state written with other data, other starting weights or another
+    teacher than this run's (``run_identity``), naming the first that differs: the recipe alone
+    does not make a run, and a resumed run that mixes two would be neither.
+
+    A state written before the identity was recorded (``recorded`` None) resumes with a warning
+    on stderr rather than being refused: its run may be half done, its recipe is still checked,
+    and refusing it would throw that work away."""
+    if recorded is None:
+        print(f"warning: {state_path} predates the record of a run's data, starting weights and "
+              "teacher: resuming with the recipe checked, the rest unchecked", file=sys.stderr)
+        return
+    fix = "resume with the same ones, or start afresh (--force, or another --out)"
+    if recorded["data"]["sha256"] != now["data"]["sha256"]:
+        raise checkpoint.CheckpointError(
+            f"{state_path} was written on other data (sha256 {recorded['data']['sha256'][:12]}… from "
+            f"{recorded['data']['source']}) than this run's (sha256 {now['data']['sha256'][:12]}… "
+            f"from {now['data']['source']}); {fix}.")
+    if recorded["init"] != now["init"]:
+        raise checkpoint.CheckpointError(
+            f"{state_path} was written starting from other weights ({_describe_init(recorded['init'])}) "
+            f"than this run's ({_describe_init(now['init'])}); {fix}.")
+    if recorded["teacher"] != now["teacher"]:
+        raise checkpoint.CheckpointError(
+            f"{state_path} was written with another teacher ({_describe_teacher(recorded['teacher'])}) "
+            f"than this run's ({_describe_teacher(now['teacher'])}); {fix}.")
+
+
 # --- the loop --------------------------------------------------------------------------------
 
-def fit(recipe, data, state_path=None, resume=False, device=None, progress=True, model=None,
-        loss_fn=None):
+def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, resume: bool = False,
+        device=None, progress: bool = True, model: nn.Module | None = None,
+        loss_fn: Callable | None = None) -> tuple[nn.Module, list[dict]]:
     """Train ``recipe`` on ``data`` (a ``leanformer.data.CIFAR10``) and return (model, history).
 
     model:    start from this model and its weights (a fine-tune) instead of building
@@ -386,7 +469,9 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
               ``recipe_loss(recipe)``. A distillation loss reads ``batch.images`` to ask its
               teacher.
     With ``state_path``, the training state is written there after every epoch, and
-    ``resume=True`` continues from it, losing at most the epoch that was running.
+    ``resume=True`` continues from it, losing at most the epoch that was running. The state
+    records the recipe and ``run_identity`` (the data, the starting weights, the teacher); a
+    resume with another of any of them is refused (``check_same_run``).
 
     The model comes back in eval mode with ``model.provenance`` holding the training record
     (recipe, data, epochs, images, wall time, history), which ``measure_costs`` reads.
@@ -397,6 +482,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
     if recipe.auto_augment:  # fail before building anything, not at the first batch
         check_auto_augment_policy(recipe.auto_augment)
     device = torch.device(device or default_device())
+    given_model, given_loss = model is not None, loss_fn is not None
     model = (model or build_model(recipe, data)).to(device)
     loss_fn = loss_fn or recipe_loss(recipe)
     optimizer = build_optimizer(recipe, model)
@@ -409,18 +495,25 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
     scaler = grad_scaler(dtype, device)
 
     history, start_epoch = [], 0
+    # Taken before training moves the weights, and only where a state is written or read: the
+    # data's digest reads every image once (a fraction of a second on all of CIFAR-10).
+    identity = None
+    if state_path:
+        identity = run_identity(data, model if given_model else None, loss_fn if given_loss else None)
     if resume and state_path and Path(state_path).exists():
         state = checkpoint.load_state(state_path)
         # A state saved before a Recipe field existed means that field's default.
         if {**Recipe.defaults(), **state["recipe"]} != recipe.to_dict():
             raise checkpoint.CheckpointError(
-                f"{state_path} was written by a different recipe; use another --out or drop --resume.")
+                f"{state_path} was written by a different recipe; resume with the same one, or "
+                "start afresh (--force, or another --out).")
+        check_same_run(state_path, state.get("run"), identity)
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as e:
             raise checkpoint.CheckpointError(
                 f"{state_path} holds weights of another shape than this model "
-                f"({checkpoint.first_mismatch(e)}); use another --out or drop --resume.") from None
+                f"({checkpoint.first_mismatch(e)}); start afresh (--force, or another --out).") from None
         optimizer.load_state_dict(state["optimizer"])
         if lookahead:
             lookahead.load_state_dict(state["lookahead"])
@@ -484,7 +577,7 @@ def fit(recipe, data, state_path=None, resume=False, device=None, progress=True,
         if state_path:
             checkpoint.save_state(state_path, dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), history=history,
-                epoch=epoch + 1, recipe=recipe.to_dict(),
+                epoch=epoch + 1, recipe=recipe.to_dict(), run=identity,
                 **({"lookahead": lookahead.state_dict()} if lookahead else {})))
     model.eval()
     model.provenance = training_record(recipe, data, history, model)

@@ -1,0 +1,155 @@
+"""The command line's promises: finished work is never overwritten unasked, a resume continues
+only the run it was written by, and every user error is one line and a non-zero exit.
+
+Most tests call ``main`` in this process (a second Python would spend seconds importing torch);
+they train the "quick" or "finetune-brief" recipe for one epoch on the tiny image folder."""
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from leanformer import load_model
+from leanformer.__main__ import main
+from leanformer.checkpoint import save_model
+from leanformer.model import ViTConfig, VisionTransformer
+
+
+def tiny_vit(seed):
+    torch.manual_seed(seed)
+    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
+                                       depth=1, num_heads=2)).eval()
+
+
+def train_args(out, data, *more):
+    return ["train", "--recipe", "quick", "--epochs", "1", "--data", str(data), "--out", str(out), *more]
+
+
+def fails(argv, capsys):
+    """Run ``argv`` and return (exit status, message): the command must stop with one line on
+    stderr and a non-zero status."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    code, err = e.value.code, capsys.readouterr().err
+    if isinstance(code, str):  # sys.exit("error: ..."): Python prints the text, status 1
+        code, err = 1, err + code + "\n"
+    assert code != 0 and err.count("\n") == 1 and "Traceback" not in err, err
+    return code, err
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_a_finished_model_is_kept_unless_forced(tmp_path, tiny_folder, tmp_cache, capsys):
+    out = tmp_path / "runs"
+    main(train_args(out, tiny_folder))
+    files = snapshot(out)
+    assert set(files) == {"quick.safetensors", "quick.json", "quick.last.pt"}
+
+    for flags in ((), ("--resume",)):  # --resume continues a run; it does not replace its model
+        _, err = fails(train_args(out, tiny_folder, *flags), capsys)
+        assert f"{out / 'quick.safetensors'} exists" in err and "--force" in err and "--resume" in err
+        assert snapshot(out) == files  # byte for byte
+
+    inode = (out / "quick.safetensors").stat().st_ino
+    main(train_args(out, tiny_folder, "--force"))
+    assert (out / "quick.safetensors").stat().st_ino != inode  # a new file took its place
+    assert "--force" in json.loads((out / "quick.json").read_text())["command"]
+    load_model(out / "quick.safetensors")
+
+
+def test_another_runs_state_is_kept_unless_resumed_or_forced(tmp_path, tiny_folder, tmp_cache, capsys):
+    out = tmp_path / "runs"
+    main(train_args(out, tiny_folder))
+    # As if killed after its last epoch's state was saved, before the model was written.
+    (out / "quick.safetensors").unlink()
+    (out / "quick.json").unlink()
+    state = (out / "quick.last.pt").read_bytes()
+    _, err = fails(train_args(out, tiny_folder), capsys)
+    assert f"{out / 'quick.last.pt'} exists" in err and "--resume" in err and "--force" in err
+    assert (out / "quick.last.pt").read_bytes() == state and not (out / "quick.safetensors").exists()
+    main(train_args(out, tiny_folder, "--resume"))
+    assert "Resumed from" in capsys.readouterr().out
+    assert json.loads((out / "quick.json").read_text())["epochs"] == 1
+
+
+def test_resume_refuses_another_teacher_data_or_starting_model(tmp_path, tiny_folder, tmp_cache, capsys):
+    start, other_start = tmp_path / "start.safetensors", tmp_path / "other-start.safetensors"
+    teacher, other_teacher = tmp_path / "teacher.safetensors", tmp_path / "other-teacher.safetensors"
+    for seed, path in enumerate((start, other_start, teacher, other_teacher)):
+        save_model(tiny_vit(seed), path)
+    other_data = tmp_path / "other-data"
+    shutil.copytree(tiny_folder, other_data)
+    next((other_data / "train" / "cat").iterdir()).unlink()  # one training image fewer
+    out = tmp_path / "runs"
+
+    def args(init=start, teach=teacher, data=tiny_folder, *more):
+        return ["train", "--recipe", "finetune-brief", "--init", str(init), "--teacher", str(teach),
+                "--data", str(data), "--out", str(out), "--name", "kd", *more]
+
+    main(args())
+    printed = capsys.readouterr().out
+    # Without --alpha and --temperature, a teacher means lesson 06's setting, and says so.
+    assert "soft targets, alpha 0.9, temperature 4" in printed and "lesson 06" in printed
+    record = json.loads((out / "kd.json").read_text())["teacher"]
+    assert (record["kind"], record["alpha"], record["temperature"]) == ("soft", 0.9, 4.0)
+    for suffix in (".safetensors", ".json"):  # killed before the model was written
+        (out / f"kd{suffix}").unlink()
+
+    for expected, argv in [
+            ("another teacher", args(start, other_teacher, tiny_folder, "--resume")),
+            ("another teacher", args(start, teacher, tiny_folder, "--resume", "--alpha", "0.5")),
+            ("other data", args(start, teacher, other_data, "--resume")),
+            ("other weights", args(other_start, teacher, tiny_folder, "--resume"))]:
+        code, err = fails(argv, capsys)
+        assert code == 1 and expected in err and str(out / "kd.last.pt") in err, err
+    assert not (out / "kd.safetensors").exists()
+    main(args(start, teacher, tiny_folder, "--resume"))  # the same run resumes
+    assert (out / "kd.safetensors").exists()
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--qat-bits", "9"], "2 to 8 bits, got '9'"),
+    (["--qat-bits", "1"], "2 to 8 bits, got '1'"),
+    (["--epochs", "0"], "--epochs: must be a positive integer, got '0'"),
+    (["--epochs", "-3"], "must be a positive integer"),
+    (["--qat-bits", "4"], "--qat-bits fine-tunes a trained model; give it with --init"),
+    (["--qat-group", "32"], "give --qat-bits too"),
+    (["--alpha", "0.5"], "give --teacher too"),
+    (["--teacher", "t.safetensors", "--kind", "hard", "--temperature", "4"], "does not apply"),
+    (["--teacher", "t.safetensors", "--alpha", "2"], "--alpha must lie in [0, 1]"),
+])
+def test_a_flag_that_cannot_be_is_one_line_and_status_2(flags, says, tmp_path, capsys):
+    code, err = fails(["train", "--recipe", "quick", "--out", str(tmp_path), *flags], capsys)
+    assert code == 2 and says in err and err.startswith("python -m leanformer train: error:"), err
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_the_one_line_holds_in_a_real_process(tmp_path):
+    for flags in (["--qat-bits", "9"], ["--epochs", "0"]):
+        run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "quick",
+                              "--out", str(tmp_path), *flags], capture_output=True, text=True)
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert "Traceback" not in run.stderr and "usage:" not in run.stderr
+
+
+def test_qat_groups_default_to_the_librarys_and_must_divide_the_layers(tmp_path, tiny_folder,
+                                                                      tmp_cache, capsys):
+    import inspect
+
+    from leanformer.quantize import prepare_qat
+
+    library = inspect.signature(prepare_qat).parameters["group_size"].default
+    start = tmp_path / "start.safetensors"
+    save_model(tiny_vit(0), start)  # Linear layers of 32 and 64 inputs
+    base = ["train", "--recipe", "qat", "--epochs", "1", "--init", str(start), "--qat-bits", "4",
+            "--data", str(tiny_folder), "--out", str(tmp_path / "runs")]
+    code, err = fails(base + ["--qat-group", "7"], capsys)
+    assert code == 2 and "--qat-group 7 must divide" in err and "blocks.0.attn.qkv (32)" in err
+    main(base)
+    qat = json.loads((tmp_path / "runs" / "qat.json").read_text())["qat"]
+    assert qat["weight_bits"] == 4 and qat["group_size"] == library
