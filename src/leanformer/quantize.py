@@ -29,7 +29,10 @@ import copy
 import gzip
 import io
 import json
+import pickle
+import re
 import time
+import zipfile
 from pathlib import Path
 
 import torch
@@ -506,21 +509,41 @@ def convert_qat(model):
     return model
 
 
-def intx_quantize(model, weight_bits: int = 4, group_size: int | None = 32, activations: bool = True):
+def intx_scheme(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True) -> dict:
+    """The settings that ``intx_quantize`` builds a model from, checked, as a plain dict (what a
+    saved file's header records): ``weight_bits`` from 1 to 8, ``group_size`` a positive number
+    of weights per scale along a row or None (or 0) for one scale per row, ``activations``
+    whether each Linear input is quantized to int8 at run time."""
+    if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 1 <= weight_bits <= 8:
+        raise ValueError(f"weight_bits must be an integer from 1 to 8 (torch.int1..int8), got {weight_bits!r}")
+    group_size = group_size or None  # 0, as the command line gives it, means one scale per row
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < 1):
+        raise ValueError(f"group_size must be a positive integer or None (one scale per row), got {group_size!r}")
+    if not isinstance(activations, bool):
+        raise ValueError(f"activations must be True or False, got {activations!r}")
+    return {"weight_bits": weight_bits, "group_size": group_size, "activations": activations}
+
+
+def intx_quantize(model: nn.Module, weight_bits: int = 4, group_size: int | None = 32,
+                  activations: bool = True) -> nn.Module:
     """The real quantized model for a QAT scheme: torchao's ``Int8DynamicActivationIntxWeightConfig``
     (or ``IntxWeightOnlyConfig`` without activations) on a copy of ``model``'s Linear layers. On
-    an x86 CPU torchao keeps each low-bit value in a byte of its own (``unpacked_to_int8``)."""
+    an x86 CPU torchao keeps each low-bit value in a byte of its own (``unpacked_to_int8``).
+    The copy's ``quantization`` record holds the scheme, so that ``save_quantized`` can write it
+    and ``load_quantized`` rebuild the same model."""
     from torchao.quantization import (Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig,
                                       quantize_)
     from torchao.quantization.granularity import PerAxis, PerGroup
 
-    granularity = PerGroup(group_size) if group_size else PerAxis(0)
+    scheme = intx_scheme(weight_bits, group_size, activations)
+    granularity = PerGroup(scheme["group_size"]) if scheme["group_size"] else PerAxis(0)
     dtype = getattr(torch, f"int{weight_bits}")
     config = (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
               if activations else IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity))
     out = copy.deepcopy(model).eval()
     quantize_(out, config, filter_fn=_linear_only(True))
-    out.quantization = {"path": "torchao", "kind": f"int{weight_bits}-intx"}
+    out.quantization = {"path": "torchao", "kind": f"int{weight_bits}-intx", "scheme": scheme}
     return out
 
 
@@ -529,19 +552,24 @@ def intx_quantize(model, weight_bits: int = 4, group_size: int | None = 32, acti
 QFORMAT = "leanformer-quantized/1"
 
 
-def save_quantized(model, path, source=None):
-    """Write a quantized model (from ``torchao_quantize``, ``legacy_quantize_dynamic`` or
-    ``pt2e_quantize``) to ``path``, atomically; a path ending in ``.gz`` is gzipped.
+def save_quantized(model: nn.Module, path, source: nn.Module | None = None) -> Path:
+    """Write a quantized model (from ``torchao_quantize``, ``intx_quantize``,
+    ``legacy_quantize_dynamic`` or ``pt2e_quantize``) to ``path``, atomically; a path ending in
+    ``.gz`` is gzipped.
 
     torchao and legacy models (``.pt``): their state dict (int8 tensors and scales) in a
-    ``torch.save`` file with a JSON header that names the path, the kind and the float model's
-    config; loaded with ``weights_only=True`` into a skeleton rebuilt from that config.
+    ``torch.save`` file with a JSON header that names the path, the kind, the float model's
+    config and, for ``intx_quantize``, the scheme (weight bits, group size, activations);
+    loaded with ``weights_only=True`` into a skeleton rebuilt from that header.
     PT2E models (``.pt2``): the exported program (``torch.export.save``), which holds the graph
-    and its int8 constants and is loaded without running code from the file.
+    and its int8 constants.
     """
     info = getattr(model, "quantization", None)
     if not info:
         raise ValueError("this model was not made by leanformer.quantize (no .quantization record)")
+    if info["kind"].endswith("-intx") and "scheme" not in info:
+        raise ValueError(f"this {info['kind']} model has no scheme in its .quantization record; "
+                         "make it with intx_quantize(model, weight_bits, group_size, activations)")
     path = Path(path)
     buffer = io.BytesIO()  # written whole, then renamed into place
     if info["path"] == "pt2e":
@@ -571,55 +599,233 @@ def _archive(path):
     return blob
 
 
-def tensor_bytes_in_file(path):
+def tensor_bytes_in_file(path) -> int:
     """Bytes of the tensors inside a quantized model file, before any gzip and without the
     file's structure (the pickled layout of a ``torch.save`` file, the graph and the example
     input of an exported program): both are zip archives whose tensors lie in entries under
     ``data/``."""
-    import zipfile
-
     with zipfile.ZipFile(io.BytesIO(_archive(path))) as z:
         return sum(i.file_size for i in z.infolist()
                    if "/data/" in f"/{i.filename}" and "sample_inputs" not in i.filename)
 
 
-def load_quantized(path):
-    """Load a file written by ``save_quantized``: (model, record). A PT2E file comes back as the
-    exported program's module (compile it for speed)."""
-    from .model import ViTConfig, VisionTransformer
-
+def load_quantized(path) -> tuple[nn.Module, dict]:
+    """Load a file written by ``save_quantized``: (model, record), the record as the saved
+    model's ``quantization``. A PT2E file comes back as the exported program's module (compile
+    it for speed). Nothing in the file runs as code: a ``.pt`` file is read with
+    ``weights_only=True``, and a ``.pt2`` file that holds anything that could run code is
+    refused before ``torch.export.load`` sees it."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"No quantized model at {path}; write one with save_quantized.")
-    blob = io.BytesIO(_archive(path))
+    blob = _archive(path)
     if ".pt2" in path.suffixes:
-        try:
-            program = torch.export.load(blob)
-        except Exception as e:
-            raise CheckpointError(f"{path} is not a readable exported program ({type(e).__name__}: {e}).") from None
-        from torchao.quantization.pt2e import allow_exported_model_train_eval
-
-        module = program.module()
-        allow_exported_model_train_eval(module)
-        module.quantization = {"path": "pt2e", "kind": "int8-static"}
-        return module, dict(module.quantization)
+        return _load_exported(path, blob)
+    state, header = _read_saved(path, blob)
+    model = _skeleton(path, header)
+    _check_fits(path, model.state_dict(), state)
     try:
-        saved = torch.load(blob, map_location="cpu", weights_only=True)
-        header = json.loads(saved["header"])
-    except Exception as e:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: its tensors do not fit the model its header describes "
+                              f"({e}); re-save it with save_quantized.") from None
+    record = {k: header[k] for k in ("path", "kind", "scheme") if k in header}
+    model.quantization = record
+    return model.eval(), dict(record)
+
+
+def _read_saved(path, blob):
+    """(state dict, header) of a ``.pt`` file, unpickled with ``weights_only=True``."""
+    import torchao.quantization  # noqa: F401  (registers torchao's tensor types as safe to unpickle)
+
+    try:
+        saved = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = next((line.strip() for line in str(e).splitlines() if "Unsupported global" in line), None)
+        if refused is None:
+            raise CheckpointError(f"{path} is not a leanformer quantized model file ({e}).") from None
+        # The pickle names a Python callable or class other than tensors and plain data: the
+        # weights_only unpickler stops there, since calling it could run any code.
+        raise CheckpointError(f"{path} holds Python objects other than tensors and plain data ({refused}); "
+                              "unpickling them could run code, so the file was not loaded. save_quantized "
+                              "writes tensors and plain data only: re-save the model with it.") from None
+    except Exception as e:  # torch raises several types for a file that is not its own
         raise CheckpointError(f"{path} is not a leanformer quantized model file "
                               f"({type(e).__name__}: {e}).") from None
-    if header.get("format") != QFORMAT:
-        raise CheckpointError(f"{path}: format {header.get('format')!r}, expected {QFORMAT!r}.")
-    skeleton = VisionTransformer(ViTConfig.from_dict(header["config"])).eval()
-    if header["path"] == "torchao":
-        model = torchao_quantize(skeleton, header["kind"])
-    elif header["path"] == "legacy":
-        model = legacy_quantize_dynamic(skeleton)
-    else:
-        raise CheckpointError(f"{path}: unknown quantization path {header['path']!r}.")
     try:
-        model.load_state_dict(saved["state"], assign=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{path}: its tensors do not fit the model its header describes ({e}).") from None
-    return model.eval(), {k: header[k] for k in ("path", "kind")}
+        header, state = json.loads(saved["header"]), saved["state"]
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a leanformer quantized model file (no readable header and "
+                              f"state: {type(e).__name__}: {e}); write it with save_quantized.") from None
+    if not isinstance(header, dict) or header.get("format") != QFORMAT:
+        found = header.get("format") if isinstance(header, dict) else header
+        raise CheckpointError(f"{path}: format {found!r}, expected {QFORMAT!r}.")
+    missing = [k for k in ("path", "kind", "config") if k not in header]
+    if missing:
+        raise CheckpointError(f"{path}: its header lacks {', '.join(missing)}; re-save the model with save_quantized.")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its state is a {type(state).__name__}, not a state dict; "
+                              "re-save the model with save_quantized.")
+    return state, header
+
+
+def _skeleton(path, header):
+    """The quantized model that the header describes, with the float model's weights
+    untrained: ``load_state_dict`` then puts the file's tensors in place."""
+    from .model import ViTConfig, VisionTransformer
+
+    try:
+        float_model = VisionTransformer(ViTConfig.from_dict(header["config"])).eval()
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its config cannot build a model ({type(e).__name__}: {e}).") from None
+    kind = header["kind"]
+    if header["path"] == "torchao" and str(kind).endswith("-intx"):
+        return intx_quantize(float_model, **_saved_intx_scheme(path, header))
+    if header["path"] == "torchao":
+        if kind not in TORCHAO_CONFIGS:
+            raise CheckpointError(f"{path}: torchao kind {kind!r} is not one this leanformer builds "
+                                  f"({', '.join(TORCHAO_CONFIGS)}, or intx_quantize's intN-intx).")
+        return torchao_quantize(float_model, kind)
+    if header["path"] == "legacy":
+        return legacy_quantize_dynamic(float_model)
+    raise CheckpointError(f"{path}: unknown quantization path {header['path']!r} "
+                          "(expected torchao, legacy, or a .pt2 file for pt2e).")
+
+
+def _saved_intx_scheme(path, header):
+    """The ``intx_scheme`` that the header records for an ``intN-intx`` model, checked."""
+    scheme = header.get("scheme")
+    missing = [k for k in ("weight_bits", "group_size", "activations")
+               if not isinstance(scheme, dict) or k not in scheme]
+    if missing:
+        raise CheckpointError(
+            f"{path} holds a {header['kind']} model but its header does not record "
+            f"{', '.join(missing)}: the file was written before save_quantized kept the scheme, and "
+            "the model cannot be rebuilt without it. Re-save it: save_quantized(intx_quantize(float_model, "
+            "weight_bits, group_size, activations), path, source=float_model).")
+    try:
+        scheme = intx_scheme(scheme["weight_bits"], scheme["group_size"], scheme["activations"])
+    except ValueError as e:
+        raise CheckpointError(f"{path}: its header's scheme is not valid ({e}); re-save it with save_quantized.") from None
+    if header["kind"] != f"int{scheme['weight_bits']}-intx":
+        raise CheckpointError(f"{path}: its kind {header['kind']!r} disagrees with its scheme's "
+                              f"{scheme['weight_bits']}-bit weights; re-save it with save_quantized.")
+    return scheme
+
+
+def _check_fits(path, expected, saved):
+    """Refuse tensors of another kind than the rebuilt model's: ``load_state_dict`` with
+    ``assign=True`` would put them in place silently, and the model would no longer be the one
+    its header describes (another tensor type, or scales in other groups)."""
+    for name, want in expected.items():
+        got = saved.get(name)
+        if got is None:
+            continue  # load_state_dict names the missing tensors
+        if type(got) is not type(want) or getattr(got, "block_size", None) != getattr(want, "block_size", None):
+            raise CheckpointError(
+                f"{path}: tensor {name} is a {type(got).__name__} with block size "
+                f"{getattr(got, 'block_size', None)}, but the model its header describes holds a "
+                f"{type(want).__name__} with block size {getattr(want, 'block_size', None)}; "
+                "re-save the model with save_quantized.")
+
+
+def _load_exported(path, blob):
+    """The module of an exported program (``.pt2``), once ``_refuse_code_in_program`` passed it."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+
+    _refuse_code_in_program(path, blob)
+    try:
+        program = torch.export.load(io.BytesIO(blob))
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable exported program ({type(e).__name__}: {e}).") from None
+    module = program.module()
+    allow_exported_model_train_eval(module)
+    module.quantization = {"path": "pt2e", "kind": "int8-static"}
+    return module, dict(module.quantization)
+
+
+# torch.export.load is not a safe loader: it unpickles some entries without weights_only, hands
+# the symbolic shapes to sympy (which evaluates them as Python), compiles the program's guard code
+# and resolves every graph node's target by name under ``torch``. The exported programs that
+# save_quantized writes need none of that beyond plain tensors, ``torch.ops`` operators and shape
+# symbols, so an archive with anything else is refused before torch sees it.
+_SAFE_TARGET = re.compile(r"torch\.ops(\.[A-Za-z][A-Za-z0-9_]*){2,3}"
+                          r"|_operator\.(getitem|add|sub|mul|floordiv|truediv|mod|neg|eq|ne|lt|le|gt|ge)")
+_SAFE_EXPR_WORDS = {"Symbol", "Integer", "positive", "integer", "True", "False", "Mul", "Add", "Max",
+                    "Min", "Mod", "FloorDiv", "CeilDiv", "CleanDiv", "PythonMod", "IntTrueDiv"}
+
+
+def _safe_expression(text):
+    """Whether ``text`` is a shape expression that sympy can evaluate without running anything
+    but sympy's arithmetic: shape symbols (s0, u3), integers, operators and the functions in
+    ``_SAFE_EXPR_WORDS``; no attributes, no subscripts, no other names."""
+    if not isinstance(text, str):
+        return False
+    bare = re.sub(r"'[a-z]+[0-9]+'", "", text)  # a symbol's quoted name: Symbol('s77', ...)
+    if not re.fullmatch(r"[A-Za-z0-9_+\-*/%(), =<>]*", bare):
+        return False
+    return all(w in _SAFE_EXPR_WORDS or re.fullmatch(r"[a-z]+[0-9]+", w)
+               for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", bare))
+
+
+def _json_values(tree, key):
+    """Every value stored under ``key`` anywhere in a parsed JSON tree."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            if k == key:
+                yield v
+            yield from _json_values(v, key)
+    elif isinstance(tree, list):
+        for v in tree:
+            yield from _json_values(v, key)
+
+
+def _refuse_code_in_program(path, blob):
+    """Raise ``CheckpointError`` unless the ``.pt2`` archive in ``blob`` holds only what an
+    exported int8 program needs (see ``_SAFE_TARGET``): nothing in it may run as code."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+            problem = _code_in_program(archive)
+    except (zipfile.BadZipFile, ValueError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{path} is not a readable exported program ({type(e).__name__}: {e}).") from None
+    if problem:
+        raise CheckpointError(f"{path} holds {problem}, which could run code when torch.export.load reads "
+                              "it; the file was not loaded. save_quantized writes exported programs without "
+                              "any: re-export the model with pt2e_quantize and save it with save_quantized.")
+
+
+def _code_in_program(archive):
+    """What in a ``.pt2`` archive could run code when loaded, in words; None if nothing."""
+    for name in archive.namelist():
+        folder, file = f"/{name}".rsplit("/", 1)
+        if folder.endswith(("/data/weights", "/data/constants")) and file.endswith("_config.json"):
+            for fqn, entry in json.loads(archive.read(name)).get("config", {}).items():
+                if entry.get("use_pickle") or not str(entry.get("path_name")).startswith(("weight_", "tensor_")):
+                    return f"a pickled object or tensor ({fqn})"
+        elif file.endswith(".json"):  # the program: models/model.json (or an older layout's name)
+            problem = _code_in_graph(json.loads(archive.read(name)))
+            if problem:
+                return problem
+        elif folder.endswith("/data/sample_inputs"):
+            try:  # torch.export.load retries a failed weights_only read without it
+                torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+            except Exception:
+                return f"example inputs that only a full unpickler reads ({name})"
+        elif file.endswith((".pt", ".pkl")):  # pickled tensors of an older layout, read without weights_only
+            return f"a pickled file ({name})"
+    return None
+
+
+def _code_in_graph(program):
+    """What in a serialized program (parsed JSON) could run code, in words; None if nothing."""
+    if not isinstance(program, dict):
+        return None
+    if any(program.get("guards_code") or []):
+        return "guard code"
+    for target in _json_values(program, "target"):
+        if not (isinstance(target, str) and _SAFE_TARGET.fullmatch(target)):
+            return f"a graph node that calls {target!r}, not a torch.ops operator"
+    for expr in _json_values(program, "expr_str"):
+        if not _safe_expression(expr):
+            return f"a shape expression that is not plain arithmetic ({expr!r})"
+    return None
