@@ -63,3 +63,22 @@ def test_say_in_a_kernel_shows_markdown_with_the_same_plain_text(glued, monkeypa
     lesson.glue("acc", 0.5)
     lesson.say("**{acc:.0%}** right")
     assert shown == [({"text/markdown": "**50%** right", "text/plain": "**50%** right"}, True)]
+
+
+def test_load_or_train_loads_a_saved_model_and_trains_only_when_asked_or_missing(tmp_path, capsys):
+    from leanformer.checkpoint import save_model
+    from leanformer.model import ViTConfig, VisionTransformer
+
+    model = VisionTransformer(ViTConfig(embed_dim=16, depth=1, num_heads=2, mlp_ratio=1.0))
+    save_model(model, tmp_path / "m.safetensors", {"note": "saved"})
+    trained = []
+
+    def train():
+        trained.append(1)
+        return "trained"
+
+    loaded = lesson.load_or_train(tmp_path / "m.safetensors", train)
+    assert loaded.provenance["note"] == "saved" and not trained
+    assert lesson.load_or_train(tmp_path / "m.safetensors", train, retrain=True) == "trained"
+    assert lesson.load_or_train(tmp_path / "missing.safetensors", train) == "trained"
+    assert trained == [1, 1] and "No missing.safetensors" in capsys.readouterr().out

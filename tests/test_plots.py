@@ -27,3 +27,21 @@ def test_token_maps_with_a_colorbar_share_one_scale(maps):
     colorbars = [ax for ax in fig.axes if ax.get_ylabel() == "weight"]
     assert len(colorbars) == 1
     plt.close(fig)
+
+
+def test_accuracy_curves_draws_each_run_from_its_record_and_each_line():
+    import matplotlib.pyplot as plt
+
+    from leanformer.plots import accuracy_curves
+
+    history = [{"epoch": e, "test_acc": a} for e, a in ((1, 0.5), (2, 0.6), (3, 0.7))]
+    model = type("M", (), {"provenance": {"history": history}})()
+    fig, ax = plt.subplots()
+    accuracy_curves({"as a model": model, "as a record": {"history": history[1:]}}, ax,
+                    {"reference": 0.8, "target": 0.9}, first_epoch=2)
+    runs, lines = ax.get_lines()[:2], ax.get_lines()[2:]
+    assert [list(line.get_xdata()) for line in runs] == [[2, 3], [2, 3]]  # epoch 1 left out
+    assert list(runs[0].get_ydata()) == [60.0, 70.0]  # per cent
+    assert [line.get_ydata()[0] for line in lines] == [80.0, 90.0]
+    assert [line.get_label() for line in ax.get_lines()] == ["as a model", "as a record", "reference", "target"]
+    plt.close(fig)

@@ -134,6 +134,20 @@ def say(template, **values):
     display({"text/markdown": text, "text/plain": text}, raw=True)
 
 
+def load_or_train(path, train, retrain=False):
+    """The model saved at ``path``; if the file is missing, or ``retrain`` is set (a lesson in
+    full mode, say), ``train()`` makes it here instead and its result is returned (not saved: the
+    training commands save models, with their provenance)."""
+    from .checkpoint import load_model
+
+    path = Path(path)
+    if path.exists() and not retrain:
+        return load_model(path)
+    if not retrain:
+        print(f"No {path.name}: training it here (checkpoints/README.md gives the command and its time).")
+    return train()
+
+
 def show_source(obj):
     """Display the source of a leanformer class or function, so that a lesson shows the code it
     uses without copying it."""

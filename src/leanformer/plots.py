@@ -3,6 +3,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import numpy as np
 from matplotlib import font_manager
 
@@ -155,6 +156,27 @@ def plot_history(history, title="Training curves"):
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def accuracy_curves(runs, ax=None, lines=None, first_epoch=1, style="-", key="test_acc"):
+    """Test accuracy (%) after each epoch of several training runs, read from their records.
+
+    runs:   {label: a model with ``.provenance``, or a provenance dict}; each record's
+            ``history`` holds one entry per epoch with ``epoch`` and ``key``.
+    lines:  {label: accuracy in [0, 1]} drawn as horizontal lines (a reference, a teacher, a
+            target), each in its own style.
+    first_epoch: the first epoch drawn (to zoom in on the end of a long run).
+    Returns the axes, for a title and a legend of the lesson's own."""
+    ax = ax or plt.gca()
+    for label, run in runs.items():
+        history = getattr(run, "provenance", run)["history"]
+        points = [(e["epoch"], 100 * e[key]) for e in history if e["epoch"] >= first_epoch]
+        ax.plot(*zip(*points), style, ms=3, label=label)
+    for (label, acc), ls in zip((lines or {}).items(), (":", "--", "-.", (0, (1, 3)))):
+        ax.axhline(100 * acc, color="grey" if ls == ":" else None, ls=ls, label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)")
+    return ax
 
 
 def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
