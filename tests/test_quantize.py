@@ -320,7 +320,7 @@ def test_a_saved_model_loads_in_a_fresh_interpreter(tmp_path):
     script = ("import sys, torch; from leanformer.quantize import load_quantized; "
               "m, _ = load_quantized(sys.argv[1]); x = torch.load(sys.argv[2]); "
               "torch.save(m(x).detach(), sys.argv[3])")
-    env = {**os.environ, "PYTHONPATH": str(Path(Q.__file__).parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(Q.__file__).parents[2])}  # src/, above leanformer/quantize/
     run = subprocess.run([sys.executable, "-c", script, str(path), str(tmp_path / "x.pt"), str(tmp_path / "y.pt")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]

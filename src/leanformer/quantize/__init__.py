@@ -1,0 +1,45 @@
+"""Quantization: store and compute with small integers instead of 32-bit floats.
+
+The arithmetic by hand, fake quantization of a whole model (the rounding simulated in float), and
+thin wrappers over the library paths: torchao's ``quantize_``, PT2E static quantization with the
+x86 Inductor quantizer, the legacy ``quantize_dynamic``, compiling for the CPU, quantization-aware
+training, and saving and loading each result. One module per job, from the bottom up:
+
+    arithmetic   int_range, quant_params, quantize, dequantize, fake_quantize, int8_linear
+    layers       which layers hold weights, the inputs they see and their ranges, FLOPs by kind
+    fake         fake quantization of a model's weights and layer inputs; per-layer sensitivity
+    compiled     compile_for_cpu and the CompiledForCPU wrapper it returns
+    library      the torchao, legacy and PT2E paths, PATHS and quantize_model
+    qat          quantization-aware training and the intx model built from its weights
+    safety       the checks that a .pt2 file holds nothing that could run code
+    saving       save_quantized, load_quantized and the file format
+
+Every public name is imported here: ``from leanformer import quantize as Q; Q.int_range(8)``.
+"""
+from .arithmetic import dequantize, fake_quantize, int8_linear, int_range, quant_params, quantize
+from .layers import QUANTIZABLE, activation_ranges, capture_inputs, flops_by_kind, quantizable_layers
+from .fake import fake_quantize_weights, fake_quantized_inputs, layer_sensitivity
+from .compiled import CompiledForCPU, compile_for_cpu
+from .library import (PATHS, TORCHAO_CONFIGS, has_legacy_quantize_dynamic, legacy_quantize_dynamic,
+                      machine_int8_support, pt2e_quantize, quantize_model, torchao_config,
+                      torchao_quantize)
+from .qat import convert_qat, intx_quantize, intx_scheme, prepare_qat, qat_configs
+from .saving import QFORMAT, load_quantized, save_quantized, tensor_bytes_in_file
+
+__all__ = [
+    # arithmetic
+    "int_range", "quant_params", "quantize", "dequantize", "fake_quantize", "int8_linear",
+    # layers
+    "QUANTIZABLE", "quantizable_layers", "capture_inputs", "activation_ranges", "flops_by_kind",
+    # fake
+    "fake_quantize_weights", "fake_quantized_inputs", "layer_sensitivity",
+    # compiled
+    "CompiledForCPU", "compile_for_cpu",
+    # library
+    "machine_int8_support", "TORCHAO_CONFIGS", "torchao_config", "torchao_quantize",
+    "has_legacy_quantize_dynamic", "legacy_quantize_dynamic", "pt2e_quantize", "PATHS", "quantize_model",
+    # qat
+    "qat_configs", "prepare_qat", "convert_qat", "intx_scheme", "intx_quantize",
+    # saving
+    "QFORMAT", "save_quantized", "load_quantized", "tensor_bytes_in_file",
+]

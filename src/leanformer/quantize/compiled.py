@@ -1,0 +1,74 @@
+"""Compiling a (quantized) model for the CPU with ``torch.compile``: one static graph per batch
+size, compiled up front, and a wrapper that runs any batch on those graphs."""
+import time
+
+import torch
+from torch import nn
+
+
+def _example(batch_size=256):
+    return torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+
+class CompiledForCPU(nn.Module):
+    """A model compiled by ``compile_for_cpu`` for inference (it computes no gradients): one
+    static graph per batch size it was compiled for. A batch of another size is cut into pieces
+    of the largest compiled size and the last piece padded to the smallest size that holds it,
+    so that any batch runs on the compiled graphs and nothing is compiled again."""
+
+    def __init__(self, model, batch_sizes, freezing):
+        super().__init__()
+        self.model = model
+        self._compiled = [torch.compile(model, dynamic=False)]  # in a list: not a submodule to train()
+        self.batch_sizes = sorted(batch_sizes)
+        self.freezing = freezing
+        self.quantization = getattr(model, "quantization", {"path": "float", "kind": "fp32"})
+        self.provenance = getattr(model, "provenance", None)  # the training record, for measure_costs
+        super().train(False)
+
+    def train(self, mode: bool = True):
+        """Stays in eval mode: the graphs were compiled for inference, and switching the model
+        (its dropout, say) to training would make them compile again."""
+        return super().train(False)
+
+    @property
+    def uncompiled(self):
+        """The model as it was before compiling (what ``measure_costs`` counts FLOPs on)."""
+        return self.model
+
+    def _run(self, x):
+        import torch._inductor.config as inductor_config
+
+        with inductor_config.patch(freezing=self.freezing):
+            return self._compiled[0](x)
+
+    def forward(self, x):
+        # The graphs were compiled without gradients for ordinary tensors. A tensor made under
+        # torch.inference_mode carries other dispatch keys, and a call with gradients on is
+        # another global state: either would make every graph compile again.
+        with torch.inference_mode(False), torch.no_grad():
+            if x.is_inference():
+                x = x.clone()
+            n = x.shape[0]
+            if n in self.batch_sizes:
+                return self._run(x)
+            step, out = self.batch_sizes[-1], []
+            for i in range(0, n, step):
+                piece = x[i:i + step]
+                size = next(b for b in self.batch_sizes if b >= len(piece))
+                pad = piece.new_zeros((size - len(piece), *piece.shape[1:]))
+                out.append(self._run(torch.cat([piece, pad]))[:len(piece)])
+            return torch.cat(out)
+
+
+def compile_for_cpu(model, batch_sizes=(1, 256), freezing=True):
+    """``torch.compile`` ``model`` for inference, and compile it now, once per batch size in
+    ``batch_sizes``. With ``freezing`` Inductor treats the weights as constants: it folds the
+    dequantize steps into prepacked int8 weights and picks the int8 kernels
+    (``torch._inductor.config.freezing``). Returns (``CompiledForCPU``, compile seconds)."""
+    compiled = CompiledForCPU(model, batch_sizes, freezing)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for n in compiled.batch_sizes:
+            compiled(_example(n))
+    return compiled, time.perf_counter() - t0

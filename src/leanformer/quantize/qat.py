@@ -1,0 +1,87 @@
+"""Quantization-aware training with torchao's fake quantizers (``prepare_qat``, ``convert_qat``),
+and the low-bit (intx) quantized model built from its weights (``intx_quantize``)."""
+import copy
+
+import torch
+from torch import nn
+
+from .layers import _linear_only
+
+
+def qat_configs(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True):
+    """torchao fake-quantization configs (activation, weight) for quantization-aware training:
+    weights symmetric at ``weight_bits`` in groups of ``group_size`` along each row (None: one
+    scale per row), and, with ``activations``, every Linear input quantized to int8 per token
+    (affine) at run time, as ``Int8DynamicActivationIntxWeightConfig`` computes it."""
+    from torchao.quantization.granularity import PerAxis
+    from torchao.quantization.qat import IntxFakeQuantizeConfig
+
+    dtype = getattr(torch, f"int{weight_bits}")
+    granularity = dict(group_size=group_size) if group_size else dict(granularity=PerAxis(0))
+    weight = IntxFakeQuantizeConfig(dtype, is_symmetric=True, **granularity)
+    act = IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False) if activations else None
+    return act, weight
+
+
+def prepare_qat(model, weight_bits: int = 4, group_size: int | None = 32, activations: bool = True):
+    """Put fake quantizers on every Linear layer of ``model``, in place (torchao's
+    ``QATConfig(step="prepare")``): the forward pass rounds as the quantized model will, and the
+    backward pass lets gradients through the rounding unchanged (the straight-through estimator).
+    Without training this is post-training quantization, simulated."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    act, weight = qat_configs(weight_bits, group_size, activations)
+    quantize_(model, QATConfig(activation_config=act, weight_config=weight, step="prepare"),
+              filter_fn=_linear_only(True))
+    model.qat = {"weight_bits": weight_bits, "group_size": group_size, "activations": activations}
+    return model
+
+
+def convert_qat(model):
+    """Take the fake quantizers off again (``QATConfig(step="convert")``): plain float layers
+    whose weights were trained to survive the rounding. Save them as any float model; the
+    quantized model is rebuilt from them in seconds (``intx_quantize``)."""
+    from torchao.quantization import quantize_
+    from torchao.quantization.qat import QATConfig
+
+    quantize_(model, QATConfig(step="convert"), filter_fn=_linear_only(True))
+    return model
+
+
+def intx_scheme(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True) -> dict:
+    """The settings that ``intx_quantize`` builds a model from, checked, as a plain dict (what a
+    saved file's header records): ``weight_bits`` from 1 to 8, ``group_size`` a positive number
+    of weights per scale along a row or None (or 0) for one scale per row, ``activations``
+    whether each Linear input is quantized to int8 at run time."""
+    if isinstance(weight_bits, bool) or not isinstance(weight_bits, int) or not 1 <= weight_bits <= 8:
+        raise ValueError(f"weight_bits must be an integer from 1 to 8 (torch.int1..int8), got {weight_bits!r}")
+    group_size = group_size or None  # 0, as the command line gives it, means one scale per row
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < 1):
+        raise ValueError(f"group_size must be a positive integer or None (one scale per row), got {group_size!r}")
+    if not isinstance(activations, bool):
+        raise ValueError(f"activations must be True or False, got {activations!r}")
+    return {"weight_bits": weight_bits, "group_size": group_size, "activations": activations}
+
+
+def intx_quantize(model: nn.Module, weight_bits: int = 4, group_size: int | None = 32,
+                  activations: bool = True) -> nn.Module:
+    """The real quantized model for a QAT scheme: torchao's ``Int8DynamicActivationIntxWeightConfig``
+    (or ``IntxWeightOnlyConfig`` without activations) on a copy of ``model``'s Linear layers. On
+    an x86 CPU torchao keeps each low-bit value in a byte of its own (``unpacked_to_int8``).
+    The copy's ``quantization`` record holds the scheme, so that ``save_quantized`` can write it
+    and ``load_quantized`` rebuild the same model."""
+    from torchao.quantization import (Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig,
+                                      quantize_)
+    from torchao.quantization.granularity import PerAxis, PerGroup
+
+    scheme = intx_scheme(weight_bits, group_size, activations)
+    granularity = PerGroup(scheme["group_size"]) if scheme["group_size"] else PerAxis(0)
+    dtype = getattr(torch, f"int{weight_bits}")
+    config = (Int8DynamicActivationIntxWeightConfig(weight_dtype=dtype, weight_granularity=granularity)
+              if activations else IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity))
+    out = copy.deepcopy(model).eval()
+    quantize_(out, config, filter_fn=_linear_only(True))
+    out.quantization = {"path": "torchao", "kind": f"int{weight_bits}-intx", "scheme": scheme}
+    return out
