@@ -153,3 +153,46 @@ def test_qat_groups_default_to_the_librarys_and_must_divide_the_layers(tmp_path,
     main(base)
     qat = json.loads((tmp_path / "runs" / "qat.json").read_text())["qat"]
     assert qat["weight_bits"] == 4 and qat["group_size"] == library
+
+
+def test_quantize_writes_an_int8_file_that_evaluate_and_costs_read(tmp_path, tiny_folder, tmp_cache, capsys):
+    from leanformer.quantize import load_quantized
+
+    model_path = tmp_path / "tiny.safetensors"
+    save_model(tiny_vit(0), model_path)
+    out = tmp_path / "tiny-int8.pt"
+    main(["quantize", str(model_path), "--path", "torchao-int8-dynamic", "--out", str(out)])
+    quantized, record = load_quantized(out)
+    assert record["kind"] == "int8-dynamic" and out.stat().st_size < model_path.stat().st_size
+
+    capsys.readouterr()
+    main(["evaluate", str(out), "--data", str(tiny_folder), "--json"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["quantization"]["kind"] == "int8-dynamic" and result["test_images"] == 40
+    x = torch.rand(4, 3, 32, 32)
+    with torch.no_grad():  # the file's model, not a float stand-in: its logits are int8's
+        assert not torch.equal(quantized(x), load_model(model_path)(x))
+
+    table = tmp_path / "costs.json"
+    main(["costs", str(model_path), str(out), "--data", str(tiny_folder), "--rounds", "1", "--json", str(table)])
+    costs = json.loads(table.read_text())["costs"]
+    assert [c["name"] for c in costs] == ["tiny.safetensors", "tiny-int8.pt"]
+    assert costs[1]["file_bytes"] == out.stat().st_size  # the int8 file as shipped
+
+
+def test_quantize_refuses_a_file_name_its_path_does_not_write_and_an_existing_file(tmp_path, capsys):
+    model_path = tmp_path / "tiny.safetensors"
+    save_model(tiny_vit(0), model_path)
+    code, err = fails(["quantize", str(model_path), "--path", "pt2e-static-int8", "--out", str(tmp_path / "q.pt")], capsys)
+    assert code == 2 and "writes a .pt2 file" in err
+    (tmp_path / "q.pt").write_bytes(b"finished work")
+    code, err = fails(["quantize", str(model_path), "--path", "torchao-int8-dynamic", "--out", str(tmp_path / "q.pt")],
+                      capsys)
+    assert code == 2 and "--force" in err and (tmp_path / "q.pt").read_bytes() == b"finished work"
+
+
+def test_evaluate_names_a_file_it_cannot_read(tmp_path, capsys):
+    bad = tmp_path / "model.bin"
+    bad.write_bytes(b"\0" * 16)
+    _, err = fails(["evaluate", str(bad)], capsys)
+    assert "model.bin" in err and ".safetensors" in err

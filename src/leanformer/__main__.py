@@ -208,7 +208,7 @@ def cmd_prune(args):
     from . import checkpoint
     from .prune import prune_by_score
 
-    model = checkpoint.load_model(args.checkpoint)
+    model = checkpoint.load_model(args.model)
     data = _data(args.data) if args.score == "taylor" else None
     try:
         pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score, data,
@@ -217,7 +217,7 @@ def cmd_prune(args):
         raise SystemExit(f"error: --{str(e).replace('units:', 'mlp-units:')}") from None
     provenance = {
         "command": _command(args),
-        "pruned_from": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
+        "pruned_from": {"path": str(args.model), "weights_sha256": model.weights_sha256},
         "data_sha256": _data_sha256(args.data),
         **record,
     }
@@ -235,7 +235,7 @@ def cmd_sparsity_sweep(args):
     bad = [level for level in args.levels if not 0 <= level < 1]
     if bad:
         raise UsageError(f"--levels are shares of weights to zero, each in [0, 1); got {bad}")
-    model = checkpoint.load_model(args.checkpoint)
+    model = checkpoint.load_model(args.model)
     recipe = get_recipe(args.recipe, **({"epochs": args.epochs} if args.epochs else {}))
     data = _data(args.data)
     t0 = time.perf_counter()
@@ -246,7 +246,7 @@ def cmd_sparsity_sweep(args):
             path = Path(args.save_dir) / f"sparse-{100 * row['sparsity']:g}.safetensors"
             _save_with_json(models[row["sparsity"]], path, {
                 **models[row["sparsity"]].provenance,  # the fine-tune's record: history, machine
-                "command": command, "pruned_from": {"path": str(args.checkpoint),
+                "command": command, "pruned_from": {"path": str(args.model),
                                                      "weights_sha256": model.weights_sha256},
                 "sparsity": row["sparsity"], "scope": "global", "recipe": recipe.to_dict(),
                 "data_source": data.source, "test_images": len(data.test_labels),
@@ -261,7 +261,7 @@ def cmd_sparsity_sweep(args):
         "command": command,
         "checkpoint_test_acc": ref_acc,
         "highest_sparsity_within_1_point": max(within) if within else None,
-        "checkpoint": {"path": str(args.checkpoint), "weights_sha256": model.weights_sha256},
+        "checkpoint": {"path": str(args.model), "weights_sha256": model.weights_sha256},
         "data_source": data.source, "data_sha256": _data_sha256(args.data),
         "train_images": len(data.train_labels), "test_images": len(data.test_labels),
         "recipe": recipe.to_dict(), "machine": machine_info(),
@@ -273,14 +273,31 @@ def cmd_sparsity_sweep(args):
     print(f"wrote {args.out}")
 
 
+def _load(path):
+    """A model file of either kind the course writes: a float model (.safetensors, load_model) or
+    a quantized one (.pt, .pt2, optionally gzipped; load_quantized). Neither runs code from it."""
+    from .checkpoint import CheckpointError, load_model
+    from .quantize import load_quantized
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_model(path)
+    if {".pt", ".pt2"} & set(path.suffixes):
+        return load_quantized(path)[0]
+    raise CheckpointError(f"{path}: not a model file the course writes (expected .safetensors, or "
+                          ".pt / .pt2 from `python -m leanformer quantize`, optionally .gz)")
+
+
 def cmd_evaluate(args):
-    from .checkpoint import load_model
+    from .data import sha256_file
     from .train import accuracies_with_tta, evaluate
 
-    model = load_model(args.checkpoint)
+    model = _load(args.model)
     data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
     acc, loss = evaluate(model, data.test_images, data.test_labels)
-    result = {"checkpoint": str(args.checkpoint), "weights_sha256": model.weights_sha256,
+    result = {"model": str(args.model), "file_sha256": sha256_file(args.model),
+              "weights_sha256": getattr(model, "weights_sha256", None),
+              "quantization": getattr(model, "quantization", None),
               "data_source": data.source, "test_images": len(data.test_labels), "test_acc": acc,
               "test_loss": loss}
     if args.tta:
@@ -292,6 +309,59 @@ def cmd_evaluate(args):
         if args.tta:
             print(f"with flip test-time augmentation: {result['test_acc_flip_tta']:.2%}; "
                   f"with flips and 1-pixel shifts: {result['test_acc_flip_shift_tta']:.2%}")
+
+
+def _path_slug(name):
+    return name.lower().replace(" ", "-").replace("_", "-")
+
+
+def _quantize_paths():
+    """The command line's names for leanformer.quantize's int8 paths: {slug: the path's name}."""
+    from .quantize import PATHS
+
+    return {_path_slug(name): name for name in PATHS}
+
+
+def cmd_quantize(args):
+    from .checkpoint import load_model
+    from .quantize import quantize_model, save_quantized
+
+    path = _quantize_paths()[args.path]
+    out = Path(args.out)
+    wanted = ".pt2" if path.startswith("PT2E") else ".pt"
+    if wanted not in out.suffixes or out.suffixes[-1] not in (wanted, ".gz"):
+        raise UsageError(f"--out {out}: the {args.path} path writes a {wanted} file "
+                         f"(name it {out.stem.split('.')[0]}{wanted}, or {wanted}.gz to gzip it)")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; give --force to replace it, or another --out")
+    model = load_model(args.model)
+    calibration = None
+    if path.startswith("PT2E"):  # static int8 reads the ranges of its inputs off training images
+        data = _data(args.data)
+        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(args.seed))
+        calibration = data.train_images[pick[:args.calibration_images]]
+    quantized, _ = quantize_model(model, path, calibration)
+    save_quantized(quantized, out, source=model)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {path} of {args.model}"
+          + (f", calibrated on {len(calibration):,} training images" if calibration is not None else ""))
+
+
+def cmd_costs(args):
+    from .measure import measure_costs, show_costs
+
+    names = [Path(m).name for m in args.models]
+    if len(set(names)) < len(names):
+        names = [str(m) for m in args.models]
+    models = {name: _load(m) for name, m in zip(names, args.models)}
+    data = _data(args.data)
+    costs = measure_costs(models, data, files=dict(zip(names, args.models)), rounds=args.rounds)
+    show_costs(costs)
+    if args.json:
+        from .files import atomic_write
+
+        text = json.dumps({"command": _command(args), "costs": [c.to_dict() for c in costs]}, indent=1)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {args.json}")
 
 
 def cmd_make_subset(args):
@@ -354,6 +424,7 @@ def _qat_bits(text):
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line's parser: ``python -m leanformer -h`` prints what it knows."""
+    from .prune import SCORES  # the choices a flag offers come from the package
     parser = _Parser(prog="python -m leanformer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -394,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill_sweep)
 
     p = sub.add_parser("sparsity-sweep", help="magnitude-prune to several sparsities, fine-tune each, write a JSON table")
-    p.add_argument("checkpoint")
+    p.add_argument("model", metavar="MODEL")
     p.add_argument("--data", help="CIFAR-10 path")
     p.add_argument("--levels", type=float, nargs="+", default=[0.3, 0.5, 0.6, 0.7, 0.8, 0.9])
     p.add_argument("--recipe", default="finetune-brief", help="fine-tune recipe (default finetune-brief)")
@@ -404,23 +475,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sparsity_sweep)
 
     p = sub.add_parser("prune", help="remove attention heads and MLP units by importance; writes a smaller model")
-    p.add_argument("checkpoint")
+    p.add_argument("model", metavar="MODEL")
     p.add_argument("--heads", type=int, required=True, help="heads to keep in every block")
     p.add_argument("--mlp-units", type=int, required=True, help="MLP hidden units to keep in every block")
-    p.add_argument("--score", default="taylor", choices=("taylor", "magnitude", "random"))
+    p.add_argument("--score", default="taylor", choices=SCORES, help="importance score (leanformer.prune.SCORES)")
     p.add_argument("--data", help="CIFAR-10 path; the taylor score ranks on its training images")
     p.add_argument("--images", type=int, default=2048, help="training images for the taylor score")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the pruned .safetensors file to write")
     p.set_defaults(func=cmd_prune)
 
-    p = sub.add_parser("evaluate", help="test accuracy of a .safetensors model")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("evaluate", help="test accuracy of a model file (.safetensors, or a quantized .pt/.pt2)")
+    p.add_argument("model", metavar="MODEL")
     p.add_argument("--data")
     p.add_argument("--json", action="store_true")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation: flips, "
                    "and flips with 1-pixel shifts (leanformer.train.tta_logits)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("quantize", help="write an int8 file of a .safetensors model (leanformer.quantize)")
+    p.add_argument("model", metavar="MODEL")
+    p.add_argument("--path", required=True, choices=sorted(_quantize_paths()),
+                   help="the int8 path (leanformer.quantize.PATHS)")
+    p.add_argument("--out", required=True, help="the file to write: .pt (.pt2 for PT2E), .gz to gzip")
+    p.add_argument("--data", help="CIFAR-10 path: PT2E calibrates on its training images")
+    p.add_argument("--calibration-images", type=_positive_int, default=512)
+    p.add_argument("--seed", type=int, default=0, help="which training images calibrate")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("costs", help="measure models side by side (accuracy, size, FLOPs, latency, "
+                       "throughput), print the table and optionally write it as JSON")
+    p.add_argument("models", nargs="+", metavar="MODEL")
+    p.add_argument("--data", help="CIFAR-10 path; its test images give each model's accuracy")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved timing rounds")
+    p.add_argument("--json", help="also write the costs to this JSON file")
+    p.set_defaults(func=cmd_costs)
 
     p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")
     p.add_argument("source")
