@@ -184,7 +184,7 @@ def flops_by_kind(model, image_size=32):
     Returns a pandas DataFrame (kind, flops, share); the kinds add up to the model's total."""
     import pandas as pd
 
-    from .measure import _flop_counts
+    from .measure.flops import _flop_counts
 
     x = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():
@@ -242,7 +242,7 @@ def layer_sensitivity(model, images, labels, bits: int, per_channel: bool = True
     """Accuracy of ``model`` with one layer at a time rounded to ``bits`` bits (the others in
     float): {layer name: accuracy}. The layers whose rounding costs most are the ones to keep in
     higher precision."""
-    from .train import evaluate
+    from .evaluate import evaluate
 
     return {name: evaluate(fake_quantize_weights(model, bits, per_channel, layers=[name]),
                            images, labels)[0]
@@ -255,7 +255,7 @@ def machine_int8_support():
     """What this machine's processor offers for int8 and bf16 arithmetic, from its flags:
     a dict with 'vnni' (AVX512-VNNI or AVX-VNNI: int8 dot products), 'amx_int8', 'amx_bf16' and
     'avx512_bf16' as booleans, and a 'summary' sentence."""
-    from .measure import cpu_flags
+    from .machine import cpu_flags
 
     flags = set(cpu_flags())
     info = {"avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
