@@ -7,8 +7,9 @@ from leanformer import checkpoint
 from leanformer.checkpoint import load_model, save_model
 from leanformer.convnet import ConvNet, ConvNetConfig, conv3x3, patches, whiten_init
 from leanformer.data import CIFAR10
+from leanformer.evaluate import evaluate
 from leanformer.model import VisionTransformer
-from leanformer.train import RecipeError, build_model, build_optimizer, evaluate, fit, get_recipe
+from leanformer.train import RecipeError, build_model, build_optimizer, fit, get_recipe
 
 
 def small(data, n_train=1024, n_test=1000):

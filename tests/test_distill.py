@@ -8,8 +8,9 @@ from leanformer import checkpoint
 from leanformer.data import CIFAR10
 from leanformer import distill
 from leanformer.distill import DistillationLoss, hard_target_loss, soft_target_loss
-from leanformer.train import (Batch, Lookahead, accuracies_with_tta, build_model, fit, get_recipe,
-                              mixed_cross_entropy, recipe_loss, tta_logits)
+from leanformer.evaluate import accuracies_with_tta, tta_logits
+from leanformer.train import (Batch, Lookahead, build_model, fit, get_recipe, mixed_cross_entropy,
+                              recipe_loss)
 
 
 def test_soft_target_loss_is_the_scaled_kl_divergence():

@@ -1,7 +1,13 @@
+import ast
+import json
+from pathlib import Path
+
+import pytest
 import torch
 from torch import nn
 
-from leanformer.measure import count_flops, count_parameters, size_on_disk
+import leanformer
+from leanformer.measure import Cost, Spread, count_flops, count_parameters, size_on_disk
 from leanformer.model import Block
 
 
@@ -91,7 +97,6 @@ def test_a_quantized_model_shows_why_its_flops_are_missing():
 
     quantize = getattr(getattr(torch, "ao", None), "quantization", None)
     if quantize is None or not hasattr(quantize, "quantize_dynamic"):
-        import pytest
         pytest.skip("this PyTorch has no legacy quantize_dynamic")
     import warnings
     with warnings.catch_warnings():
@@ -166,3 +171,45 @@ def test_compare_accuracy_calls_a_difference_only_beyond_its_noise():
     assert far.split(". ")[1].startswith("B is ahead by 6.0 points") and "another seed" in far
     # The same difference on many more images is beyond the noise.
     assert "ahead" in compare_accuracy("a", 0.31, "b", 0.30, 100_000)
+
+
+def test_a_cost_goes_to_json_and_back_unchanged():
+    cost = Cost("pruned", test_acc=0.8123, test_images=10_000, parameters=123_456, file_bytes=494_000,
+                file_format="safetensors", flops=12_345_678, latency_ms=Spread.of([1.5, 1.25, 2.0]),
+                throughput=Spread.of([900.0, 1000.5]), precision="bf16", threads=2, machine="a CPU",
+                train_time_s=61.5, train_epochs=3, train_images_seen=15_000,
+                notes={"flops": "counted on the eager module"})
+    text = json.dumps(cost.to_dict())
+    back = Cost.from_dict(json.loads(text))
+    assert back == cost and isinstance(back.latency_ms, Spread) and isinstance(back.throughput, Spread)
+    assert Cost.from_dict(json.loads(json.dumps(Cost("unmeasured").to_dict()))) == Cost("unmeasured")
+    with pytest.raises(ValueError, match="no fields"):
+        Cost.from_dict({**cost.to_dict(), "colour": "blue"})
+
+
+# Each module below imports only modules of a lower rank, at the top of the file or inside a
+# function: no import runs back up, so none needs hiding inside a function.
+RANKS = {"machine": 0, "precision": 1, "evaluate": 2, "measure.size": 3, "measure.stats": 3,
+         "measure.flops": 4, "measure.timing": 4, "measure.cost": 5, "measure.table": 6}
+
+
+def package_imports(name):
+    """The leanformer modules that the module ``name`` (relative to the package) imports."""
+    path = Path(leanformer.__file__).parent / (name.replace(".", "/") + ".py")
+    package = ["leanformer", *name.split(".")[:-1]]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = package[: len(package) - node.level + 1]
+            targets = [node.module] if node.module else [a.name for a in node.names]
+            found |= {".".join(base[1:] + [t]) for t in targets}
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            found |= {n.removeprefix("leanformer.") for n in names if n.startswith("leanformer.")}
+    return found
+
+
+def test_the_cost_modules_import_downward_only():
+    for name, rank in RANKS.items():
+        for target in package_imports(name):
+            assert RANKS.get(target, rank) < rank, f"{name} imports {target}, which is not below it"

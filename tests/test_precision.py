@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from leanformer.measure import cpu_flags
+from leanformer.machine import cpu_flags
 from leanformer.model import ViTConfig, VisionTransformer
 from leanformer.precision import (autocast_dtype, bf16_support, flush_share, format_facts, grad_scaler,
                                   output_dtypes, overflow_share, saved_activation_bytes, time_by_kind)

@@ -165,9 +165,9 @@ def test_layer_sensitivity_is_the_accuracy_with_that_one_layer_rounded():
     (["avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8"], "int8: AMX-INT8 tiles; bf16: AMX-BF16"),
 ])
 def test_machine_support_names_the_best_instructions_among_the_flags(flags, summary, monkeypatch):
-    from leanformer import measure
+    from leanformer.quantize import library
 
-    monkeypatch.setattr(measure, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(library, "cpu_flags", lambda: flags)
     info = Q.machine_int8_support()
     assert info["summary"] == summary
     assert info["vnni"] == any(f.endswith("vnni") for f in flags)

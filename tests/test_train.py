@@ -5,8 +5,8 @@ import torch
 
 from leanformer import checkpoint
 from leanformer.data import CIFAR10
-from leanformer.train import (Batch, RecipeError, build_model, evaluate, fit,
-                              get_recipe, lr_at, mixed_cross_entropy)
+from leanformer.evaluate import evaluate
+from leanformer.train import Batch, RecipeError, build_model, fit, get_recipe, lr_at, mixed_cross_entropy
 
 
 def small(data, n_train=1024, n_test=1000):

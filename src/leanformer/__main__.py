@@ -94,7 +94,8 @@ def _refuse_to_overwrite(model_path, state_path, resume, force):
 
 def cmd_train(args):
     from . import checkpoint
-    from .train import accuracies_with_tta, evaluate, fit, get_recipe
+    from .evaluate import accuracies_with_tta, evaluate
+    from .train import fit, get_recipe
 
     # Every check of the flags comes before anything is loaded or trained.
     setting = _distillation_setting(args)
@@ -228,7 +229,7 @@ def cmd_prune(args):
 
 def cmd_sparsity_sweep(args):
     from . import checkpoint
-    from .measure import machine_info
+    from .machine import machine_info
     from .prune import sparsity_sweep
     from .train import get_recipe
 
@@ -290,7 +291,7 @@ def _load(path):
 
 def cmd_evaluate(args):
     from .data import sha256_file
-    from .train import accuracies_with_tta, evaluate
+    from .evaluate import accuracies_with_tta, evaluate
 
     model = _load(args.model)
     data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
@@ -383,7 +384,7 @@ def cmd_stamp(args):
 
 def cmd_execute(args):
     from .lesson import execute_notebook, stamp_notebooks
-    from .measure import machine_info
+    from .machine import machine_info
 
     stamp_notebooks(".")
     machine = machine_info()
@@ -490,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data")
     p.add_argument("--json", action="store_true")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation: flips, "
-                   "and flips with 1-pixel shifts (leanformer.train.tta_logits)")
+                   "and flips with 1-pixel shifts (leanformer.evaluate.tta_logits)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("quantize", help="write an int8 file of a .safetensors model (leanformer.quantize)")

@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .measure import count_flops, machine_info
+from .machine import machine_info
+from .measure import count_flops
 from .precision import autocast
 from .train import build_model, get_recipe
 

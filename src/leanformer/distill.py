@@ -126,7 +126,7 @@ def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True, a
     import time
 
     from . import checkpoint
-    from .measure import machine_info
+    from .machine import machine_info
     from .train import fit, recipe_loss
 
     out = Path(out) if out else None

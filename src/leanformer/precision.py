@@ -8,10 +8,12 @@ precision). float16 gradients underflow, so float16 training scales the loss fir
 (``grad_scaler``); bfloat16 has float32's exponent range and needs no scaling.
 """
 import contextlib
+import os
+import sys
 
 import torch
 
-from .measure import cpu_flags
+from .machine import cpu_flags
 
 # (sign, exponent, mantissa) bits of each format.
 LAYOUT = {torch.float32: (1, 8, 23), torch.float16: (1, 5, 10), torch.bfloat16: (1, 8, 7)}
@@ -180,9 +182,6 @@ KINDS = {
 def _quiet_stderr():
     """Silence what C++ code writes to the process's stderr (the profiler's start and stop
     lines), which Python's ``sys.stderr`` cannot catch."""
-    import os
-    import sys
-
     sys.stderr.flush()
     saved = os.dup(2)
     with open(os.devnull, "w") as null:

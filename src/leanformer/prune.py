@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .measure import safetensors_blob, tensors_bytes  # noqa: F401 (tensors_bytes is re-exported)
+from .measure.size import safetensors_blob, tensors_bytes  # noqa: F401 (tensors_bytes is re-exported)
 from .model import Attention, Mlp, VisionTransformer
 
 SCORES = ("taylor", "magnitude", "random")
@@ -434,7 +434,8 @@ def sparsity_sweep(model: nn.Module, data, levels: list[float], recipe=None, fin
     ``finetune=False``. Returns (rows, models): one dict per level (the accuracies, and the bytes
     of the global model's weights dense, in CSR with int64 and int32 indices, and gzipped), and
     the global models (fine-tuned, if they were) with their masks removed, by sparsity."""
-    from .train import evaluate, fit, get_recipe
+    from .evaluate import evaluate
+    from .train import fit, get_recipe
 
     recipe = recipe or get_recipe("finetune-brief")
     rows, models = [], {}

@@ -24,6 +24,9 @@ from torch import nn
 from . import checkpoint
 from .convnet import whiten_init
 from .data import CIFAR10, augment, auto_augment, batches, check_auto_augment_policy, mix
+from .evaluate import default_device, evaluate
+from .machine import machine_info
+from .measure import count_parameters
 from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
 
 
@@ -220,79 +223,6 @@ def build_optimizer(recipe: Recipe, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum,
                                nesterov=recipe.nesterov)
     raise RecipeError(f"optimizer must be 'adamw' or 'sgd', got {recipe.optimizer!r}")
-
-
-def default_device():
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-TTA_MODES = ("", "flip", "flip-shift")
-
-
-def tta_logits(model, x, mode="flip"):
-    """Test-time augmentation: the logits of ``x`` averaged over simple variants of it.
-
-    "flip":       the image and its mirror image, half each.
-    "flip-shift": airbench's level 2: half the "flip" answer, and half the "flip" answers for the
-                  image shifted one pixel up-left and one pixel down-right (reflect-padded),
-                  six forward passes in all.
-    """
-    if mode not in TTA_MODES:
-        raise ValueError(f"tta must be one of {TTA_MODES}, got {mode!r}")
-    if not mode:
-        return model(x).float()
-
-    def mirrored(z):
-        return (model(z).float() + model(z.flip(3)).float()) / 2
-
-    logits = mirrored(x)
-    if mode == "flip-shift":
-        H, W = x.shape[-2:]
-        padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
-        shifted = (mirrored(padded[..., :H, :W]) + mirrored(padded[..., 2:, 2:])) / 2
-        logits = (logits + shifted) / 2
-    return logits
-
-
-@torch.no_grad()
-def predict(model, images, batch_size=500, precision="fp32", device=None, flip_tta=False, tta=""):
-    """Logits (fp32, on the CPU) for uint8 or float images (N, 3, 32, 32).
-
-    ``tta`` ("flip" or "flip-shift", see ``tta_logits``) averages the logits over variants of
-    each image (test-time augmentation); ``flip_tta=True`` means ``tta="flip"``. Report it beside
-    the plain figure, never instead of it: it costs 2 or 6 forward passes per image.
-    """
-    tta = tta or ("flip" if flip_tta else "")
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    dtype = autocast_dtype(precision, device)
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = images[i : i + batch_size]
-        x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
-        x = x.to(device)
-        with autocast(dtype, device):
-            out.append(tta_logits(model, x, tta).cpu())
-    model.train(was_training)
-    return torch.cat(out)
-
-
-def evaluate(model, images, labels, precision="fp32", device=None, flip_tta=False, tta=""):
-    """Return (accuracy, mean cross-entropy) on a labelled set."""
-    logits = predict(model, images, precision=precision, device=device, flip_tta=flip_tta, tta=tta)
-    loss = F.cross_entropy(logits, labels).item()
-    return (logits.argmax(1) == labels).float().mean().item(), loss
-
-
-def accuracies_with_tta(model, data, modes=TTA_MODES):
-    """Accuracy on ``data``'s test images for each test-time augmentation mode in ``modes``
-    ("" for none), keyed as a checkpoint's record keys them: ``test_acc``, ``test_acc_flip_tta``,
-    ``test_acc_flip_shift_tta``."""
-    return {"test_acc" + (f"_{mode.replace('-', '_')}_tta" if mode else ""):
-            evaluate(model, data.test_images, data.test_labels, tta=mode)[0] for mode in modes}
 
 
 # --- losses ----------------------------------------------------------------------------------
@@ -586,8 +516,6 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
 
 def training_record(recipe, data, history, model):
     """What a training run was and cost: the provenance saved with a checkpoint."""
-    from .measure import count_parameters, machine_info
-
     record = {
         "recipe": recipe.to_dict(),
         "data_source": data.source,

@@ -5,6 +5,7 @@ import copy
 
 import torch
 
+from ..evaluate import evaluate
 from .arithmetic import fake_quantize
 from .layers import quantizable_layers
 
@@ -49,8 +50,6 @@ def layer_sensitivity(model, images, labels, bits: int, per_channel: bool = True
     """Accuracy of ``model`` with one layer at a time rounded to ``bits`` bits (the others in
     float): {layer name: accuracy}. The layers whose rounding costs most are the ones to keep in
     higher precision."""
-    from ..train import evaluate
-
     return {name: evaluate(fake_quantize_weights(model, bits, per_channel, layers=[name]),
                            images, labels)[0]
             for name in quantizable_layers(model)}

@@ -4,6 +4,7 @@ transformer's FLOPs split between the kinds of layers that the quantized paths t
 import torch
 from torch import nn
 
+from ..measure.flops import _flop_counts
 
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
@@ -66,8 +67,6 @@ def flops_by_kind(model, image_size=32):
     LayerNorm and GELU are not matrix products and count no FLOPs; they stay in float.
     Returns a pandas DataFrame (kind, flops, share); the kinds add up to the model's total."""
     import pandas as pd
-
-    from ..measure import _flop_counts
 
     x = torch.zeros(1, 3, image_size, image_size)
     with torch.no_grad():

@@ -7,6 +7,7 @@ import copy
 import torch
 from torch import nn
 
+from ..machine import cpu_flags
 from .compiled import _example, compile_for_cpu
 from .layers import _linear_only
 
@@ -15,8 +16,6 @@ def machine_int8_support():
     """What this machine's processor offers for int8 and bf16 arithmetic, from its flags:
     a dict with 'vnni' (AVX512-VNNI or AVX-VNNI: int8 dot products), 'amx_int8', 'amx_bf16' and
     'avx512_bf16' as booleans, and a 'summary' sentence."""
-    from ..measure import cpu_flags
-
     flags = set(cpu_flags())
     info = {"avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
             "amx_int8": "amx_int8" in flags, "amx_bf16": "amx_bf16" in flags,

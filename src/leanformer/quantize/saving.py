@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import CheckpointError, atomic_write
+from ..model import ViTConfig, VisionTransformer
 from .compiled import _example
 from .library import TORCHAO_CONFIGS, legacy_quantize_dynamic, torchao_quantize
 from .qat import intx_quantize, intx_scheme
@@ -141,8 +142,6 @@ def _read_saved(path, blob):
 def _skeleton(path, header):
     """The quantized model that the header describes, with the float model's weights
     untrained: ``load_state_dict`` then puts the file's tensors in place."""
-    from ..model import ViTConfig, VisionTransformer
-
     try:
         float_model = VisionTransformer(ViTConfig.from_dict(header["config"])).eval()
     except (TypeError, ValueError, KeyError, AttributeError) as e:

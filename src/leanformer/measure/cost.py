@@ -1,0 +1,182 @@
+"""What one model costs, in one record (``Cost``): accuracy, parameters, bytes on disk, FLOPs,
+latency, throughput, precision, training cost and the machine. ``measure_costs`` fills one for
+each of several models measured side by side. A column that cannot be measured for a model is
+left empty and ``Cost.notes`` says why, instead of showing a wrong number. ``Cost.to_dict`` and
+``Cost.from_dict`` write a record to JSON and read it back.
+"""
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..evaluate import evaluate
+from ..machine import machine_info
+from .flops import count_flops
+from .size import count_parameters, safetensors_bytes, size_on_disk
+from .timing import Spread, _random_images, _runner, time_side_by_side
+
+
+@dataclass
+class Cost:
+    """What one model costs. ``None`` in a column means "not measured"; ``notes`` says why."""
+
+    name: str
+    test_acc: float | None = None
+    test_images: int | None = None
+    parameters: int | None = None
+    file_bytes: int | None = None
+    file_format: str = ""
+    flops: int | None = None  # forward, per image
+    latency_ms: Spread | None = None  # batch 1
+    throughput: Spread | None = None  # images per second at batch ``batch_size``
+    batch_size: int = 256
+    precision: str = "fp32"
+    threads: int = 0
+    machine: str = ""
+    train_time_s: float | None = None
+    train_epochs: float | None = None
+    train_images_seen: int | None = None
+    notes: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """The record as plain numbers, strings and dicts, ready for ``json.dump``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, record: dict) -> "Cost":
+        """The record that ``to_dict`` wrote (after a trip through JSON, say)."""
+        unknown = sorted(set(record) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"a Cost has no fields {unknown}")
+        spreads = {key: Spread(**record[key]) for key in ("latency_ms", "throughput")
+                   if record.get(key) is not None}
+        return cls(**{**record, **spreads, "notes": dict(record.get("notes") or {})})
+
+
+def training_cost(provenance: dict | None) -> tuple[float | None, float | None, int | None]:
+    """(wall time in s, epochs, images seen) of training, from a checkpoint's provenance or the
+    record ``fit`` attaches to a model; ``None`` for what the record does not hold."""
+    if not provenance:
+        return None, None, None
+    seconds = provenance.get("train_wall_time_s")
+    epochs = provenance.get("epochs")
+    images = provenance.get("train_images")
+    seen = provenance.get("train_images_seen")
+    if seen is None and epochs is not None and images is not None:
+        seen = int(epochs * images)
+    return seconds, epochs, seen
+
+
+def _quantized_parts(model):
+    """Names of modules whose weights are not plain float tensors (quantized kernels)."""
+    names = []
+    for name, m in model.named_modules():
+        if "quantized" in type(m).__module__:
+            names.append(name or type(m).__name__)
+            continue
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and (type(w) not in (torch.Tensor, nn.Parameter)
+                                            or not w.is_floating_point()):
+            names.append(name)
+    return names
+
+
+def _file_size(model, shipped_file):
+    if shipped_file is not None:
+        path = Path(shipped_file)
+        return path.stat().st_size, path.suffix.lstrip(".") or "file", None
+    try:
+        return safetensors_bytes(model), "safetensors", None
+    except Exception as e:  # tensor subclasses (quantized weights) that safetensors cannot hold
+        return size_on_disk(model), "torch.save", f"safetensors cannot hold these weights ({type(e).__name__})"
+
+
+def _uncompiled(model):
+    """The eager module behind a compiled one (``torch.compile``'s wrapper, or
+    ``leanformer.quantize.CompiledForCPU``): counting FLOPs through the compiled module would
+    make it compile again on its next call."""
+    return getattr(model, "uncompiled", None) or getattr(model, "_orig_mod", model)
+
+
+def measure_costs(models: dict[str, nn.Module], data=None, *, files: dict | None = None,
+                  precision: str | dict = "fp32", test_acc: dict | None = None,
+                  batch_size: int = 256, rounds: int = 5, latency_calls: int = 10,
+                  throughput_calls: int = 2, warmup: int = 3, image_size: int = 32,
+                  inputs: dict | None = None) -> list[Cost]:
+    """Measure every model of ``models`` (a dict name -> model) side by side. Returns a list of
+    ``Cost``, in the order given.
+
+    data:       a ``leanformer.data.CIFAR10``; its test images give each model's accuracy.
+    files:      {name: path} of the file a lesson would ship for that model (a quantized model's
+                own format, say). Otherwise the size of its weights as one .safetensors file,
+                without metadata, so that a trained and an untrained model of one shape match.
+    precision:  "fp32", "bf16" (autocast) or a label for a model that runs as it is ("int8");
+                one value for all models or a dict by name.
+    test_acc:   {name: accuracy} already measured, to skip evaluating it again.
+    inputs:     {name: function(batch_size) -> input batch} for a model that does not take
+                CIFAR-10 images (a text model, say); its FLOPs are then per input of that kind.
+
+    Timing (``time_side_by_side``): after ``warmup`` untimed calls each, ``rounds`` rounds; in
+    each round every model in turn runs ``latency_calls`` single images and ``throughput_calls``
+    batches of ``batch_size``. ``LEANFORMER_TIMING=brief`` (which ``make test`` sets: the lessons
+    must run there, and nobody reads their timings) cuts that to one round of at most 3 single
+    images and one batch; the table's note on the timing gives the counts either way.
+    """
+    if os.environ.get("LEANFORMER_TIMING", "") == "brief":
+        rounds, latency_calls, throughput_calls = 1, min(latency_calls, 3), 1
+
+    files, test_acc, inputs = files or {}, test_acc or {}, inputs or {}
+    prec = {name: precision.get(name, "fp32") if isinstance(precision, dict) else precision
+            for name in models}
+    machine = machine_info()
+    costs, runs = {}, {}
+    for name, model in models.items():
+        model.eval()
+        cost = Cost(name, precision=prec[name], batch_size=batch_size, threads=torch.get_num_threads(),
+                    machine=machine)
+        quantized = _quantized_parts(model)
+        params = count_parameters(model)
+        if quantized and params == 0:
+            cost.notes["parameters"] = "the weights are packed inside quantized modules"
+        else:
+            cost.parameters = params
+        cost.file_bytes, cost.file_format, note = _file_size(model, files.get(name))
+        if note:
+            cost.notes["file"] = note
+        if quantized:
+            cost.notes["flops"] = ("not counted: torch.utils.flop_counter does not count quantized "
+                                   f"kernels ({', '.join(quantized[:3])}{', ...' if len(quantized) > 3 else ''})")
+        make = inputs.get(name) or (lambda n, m=model: _random_images(m, n, image_size))
+        if name in inputs:
+            cost.notes["input"] = ("its own inputs (from `inputs`), not images: its FLOPs, latency "
+                                   "and throughput are per input of that kind")
+        if not quantized:
+            try:
+                with torch.no_grad():
+                    cost.flops = count_flops(_uncompiled(model), make(1))[0]
+            except Exception as e:
+                cost.notes["flops"] = f"not counted: {type(e).__name__}: {e}"
+        if name in test_acc:
+            cost.test_acc = test_acc[name]
+            cost.test_images = len(data.test_labels) if data is not None else None
+        elif data is not None:
+            p = prec[name] if prec[name] in ("fp32", "bf16", "fp16") else "fp32"
+            cost.test_acc = evaluate(model, data.test_images, data.test_labels, precision=p)[0]
+            cost.test_images = len(data.test_labels)
+        cost.train_time_s, cost.train_epochs, cost.train_images_seen = training_cost(
+            getattr(model, "provenance", None))
+        costs[name] = cost
+        runs[name] = (_runner(model, prec[name], lambda: make(1)),
+                      _runner(model, prec[name], lambda: make(batch_size)))
+
+    timings = time_side_by_side(runs, batch_size, rounds, latency_calls, throughput_calls, warmup)
+    for name, (latency, throughput) in timings.items():
+        costs[name].latency_ms, costs[name].throughput = latency, throughput
+    return list(costs.values())
+
+
+def measure_cost(model: nn.Module, data=None, name: str = "model", **kwargs) -> Cost:
+    """``measure_costs`` for a single model."""
+    return measure_costs({name: model}, data, **kwargs)[0]

@@ -1,0 +1,97 @@
+"""How fast a model serves: several models timed side by side, their repeats interleaved
+(model A, model B, model A, ...) with the same thread count, so that a slow minute on a shared
+machine slows them all and their ratios hold. A timing is a ``Spread`` over its repeats.
+"""
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..precision import autocast, autocast_dtype
+
+
+@dataclass
+class Spread:
+    """A timed quantity over repeated runs: median, quartiles and range."""
+
+    median: float
+    q1: float
+    q3: float
+    min: float
+    max: float
+    n: int
+
+    @classmethod
+    def of(cls, values) -> "Spread":
+        values = sorted(values)
+        if len(values) >= 2:
+            q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        else:
+            q1 = q3 = values[0]
+        return cls(statistics.median(values), q1, q3, values[0], values[-1], len(values))
+
+    def overlaps(self, other: "Spread") -> bool:
+        """Whether the two ranges (min to max) share any value: two timings that overlap are not
+        told apart by this measurement."""
+        return self.min <= other.max and other.min <= self.max
+
+    def format(self, digits: int = 2) -> str:
+        return f"{self.median:,.{digits}f} ({self.min:,.{digits}f}–{self.max:,.{digits}f})"
+
+
+def _device_of(model):
+    for t in list(model.parameters()) + list(model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def _input_dtype(model):
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _random_images(model, batch_size, image_size=32):
+    return torch.rand(batch_size, 3, image_size, image_size, device=_device_of(model)).to(
+        _input_dtype(model))
+
+
+def _runner(model, precision, make_input):
+    """A no-argument function that runs ``model`` on one input batch as it would be served."""
+    device = _device_of(model)
+    x = make_input()
+    dtype = autocast_dtype(precision, device) if precision in ("fp32", "bf16", "fp16") else None
+
+    def run():
+        with torch.inference_mode(), autocast(dtype, device):
+            model(x)
+
+    return run
+
+
+def time_side_by_side(runs: dict[str, tuple[Callable, Callable]], batch_size: int, rounds: int,
+                      latency_calls: int, throughput_calls: int,
+                      warmup: int) -> dict[str, tuple[Spread, Spread]]:
+    """Time every entry of ``runs`` ({name: (run one input, run a batch of ``batch_size``)}),
+    interleaved: after ``warmup`` untimed single calls and one untimed batch each, ``rounds``
+    rounds in which every entry in turn makes ``latency_calls`` single calls and
+    ``throughput_calls`` batch calls. Returns {name: (latency in ms, inputs per second)}."""
+    for one, many in runs.values():
+        for _ in range(warmup):
+            one()
+        many()
+    samples = {name: ([], []) for name in runs}
+    for _ in range(rounds):
+        for name, (one, many) in runs.items():
+            for _ in range(latency_calls):
+                t0 = time.perf_counter()
+                one()
+                samples[name][0].append((time.perf_counter() - t0) * 1000)
+            for _ in range(throughput_calls):
+                t0 = time.perf_counter()
+                many()
+                samples[name][1].append(batch_size / (time.perf_counter() - t0))
+    return {name: (Spread.of(lat), Spread.of(thr)) for name, (lat, thr) in samples.items()}
