@@ -281,8 +281,8 @@ def _load(path):
     from .quantize import load_quantized
 
     path = Path(path)
-    if path.suffix == ".safetensors":
-        return load_model(path)
+    if path.suffix == ".safetensors" or not path.exists():
+        return load_model(path)  # which names a missing file and says how to make one
     if {".pt", ".pt2"} & set(path.suffixes):
         return load_quantized(path)[0]
     raise CheckpointError(f"{path}: not a model file the course writes (expected .safetensors, or "

@@ -38,13 +38,18 @@ def cost_table(costs: list[Cost], baseline: str | None = None):
 
 def show_costs(costs: list[Cost], baseline: str | None = None):
     """Display ``cost_table`` formatted for reading, then the machine and the notes."""
+    from IPython import get_ipython
     from IPython.display import display
 
     df = cost_table(costs, baseline)
     fmt = {"test accuracy (%)": "{:.2f}", "parameters": "{:,.0f}", "file (MB)": "{:.2f}",
            "MFLOPs / image": "{:.1f}", "training (min)": "{:.1f}", "epochs": "{:g}",
            "images seen": "{:,.0f}", f"throughput vs {baseline}": "{:.2f}×"}
-    display(df.style.format({k: v for k, v in fmt.items() if k in df.columns}, na_rep="—"))
+    styled = df.style.format({k: v for k, v in fmt.items() if k in df.columns}, na_rep="—")
+    if get_ipython() is None:  # a terminal (python -m leanformer costs): the table as text
+        print(styled.to_string(delimiter="  "))
+    else:
+        display(styled)
     c = costs[0]
     print(f"Timed side by side on {c.machine}; latency and throughput: median (min–max) over "
           f"{c.latency_ms.n} single inputs and {c.throughput.n} batches of {c.batch_size} per model.")
