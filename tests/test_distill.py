@@ -8,7 +8,8 @@ from leanformer import checkpoint
 from leanformer.data import CIFAR10
 from leanformer import distill
 from leanformer.distill import DistillationLoss, hard_target_loss, soft_target_loss
-from leanformer.train import (Batch, Lookahead, accuracies_with_tta, build_model, fit, get_recipe,
+from leanformer.recipes import get_recipe
+from leanformer.train import (Batch, Lookahead, accuracies_with_tta, build_model, fit,
                               mixed_cross_entropy, recipe_loss, tta_logits)
 
 

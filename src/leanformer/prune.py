@@ -434,7 +434,8 @@ def sparsity_sweep(model: nn.Module, data, levels: list[float], recipe=None, fin
     ``finetune=False``. Returns (rows, models): one dict per level (the accuracies, and the bytes
     of the global model's weights dense, in CSR with int64 and int32 indices, and gzipped), and
     the global models (fine-tuned, if they were) with their masks removed, by sparsity."""
-    from .train import evaluate, fit, get_recipe
+    from .recipes import get_recipe
+    from .train import evaluate, fit
 
     recipe = recipe or get_recipe("finetune-brief")
     rows, models = [], {}

@@ -35,7 +35,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoint import CheckpointError, atomic_write
+from .checkpoint import CheckpointError
+from .files import atomic_write
 
 # --- the arithmetic by hand --------------------------------------------------------------------
 
