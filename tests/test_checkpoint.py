@@ -1,13 +1,13 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from leanformer import checkpoint, load_model
-from leanformer.checkpoint import CheckpointError, atomic_write, save_model
+from leanformer.checkpoint import CheckpointError, save_model
+from leanformer.config import CHECKPOINTS
 from leanformer.model import ViTConfig, VisionTransformer
 
 
@@ -61,59 +61,6 @@ def test_not_a_model_file(tmp_path):
         load_model(tmp_path / "missing.safetensors")
 
 
-def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
-    path = tmp_path / "state.pt"
-    path.write_text("old")
-
-    def crash(tmp):
-        tmp.write_text("half")
-        raise RuntimeError("killed")
-
-    with pytest.raises(RuntimeError):
-        atomic_write(path, crash)
-    assert path.read_text() == "old"
-    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # no temporary file left
-
-
-def test_atomic_write_forces_the_file_then_its_folder_to_the_disk(tmp_path, monkeypatch):
-    """The new bytes reach the disk before the rename (else a power cut can leave an empty file
-    under the name), and the folder after it (else the rename itself can be lost)."""
-    import os
-    import stat
-
-    events = []
-    real_fsync, real_replace = os.fsync, os.replace
-
-    def fsync(fd):
-        st = os.fstat(fd)
-        events.append(("fsync", "folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
-        real_fsync(fd)
-
-    def replace(src, dst):
-        events.append(("replace", Path(dst).name))
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    monkeypatch.setattr(os, "replace", replace)
-    path = tmp_path / "out" / "m.json"
-    atomic_write(path, lambda tmp: tmp.write_text("new"))
-    assert path.read_text() == "new"
-    assert [e[:2] for e in events] == [("fsync", "file"), ("replace", "m.json"), ("fsync", "folder")]
-    assert events[0][2] == path.stat().st_ino  # the file synced is the one now under the name
-    assert events[2][2] == path.parent.stat().st_ino
-    assert [p.name for p in path.parent.iterdir()] == ["m.json"]
-
-
-def test_atomic_write_that_fails_on_a_new_name_leaves_nothing(tmp_path):
-    def crash(tmp):
-        tmp.write_bytes(b"half")
-        raise OSError("disk full")
-
-    with pytest.raises(OSError, match="disk full"):
-        atomic_write(tmp_path / "new.safetensors", crash)
-    assert list(tmp_path.iterdir()) == []
-
-
 def test_training_state_loads_without_unpickling_code(tmp_path):
     path = tmp_path / "evil.pt"
 
@@ -161,13 +108,13 @@ def test_a_model_with_uneven_blocks_round_trips(tmp_path):
 
 
 def test_shipped_checkpoints_load_unchanged():
-    root = checkpoint.REPO_ROOT / "checkpoints"
+    root = CHECKPOINTS
     for path in [root / "reference.safetensors", *sorted((root / "ablations").glob("*.safetensors"))]:
         model = load_model(path)
         assert model.cfg.block_widths == () and model.cfg.widths() == [(4, 256)] * 4, path
 
 
-@pytest.mark.parametrize("path", sorted((checkpoint.REPO_ROOT / "checkpoints").rglob("*.safetensors")),
+@pytest.mark.parametrize("path", sorted(CHECKPOINTS.rglob("*.safetensors")),
                          ids=lambda p: p.stem)
 def test_every_shipped_checkpoint_loads_and_its_json_names_its_weights(path):
     model = load_model(path)  # checks the weights against the sha256 in the file's metadata

@@ -9,7 +9,8 @@ from leanformer.convnet import ConvNet, ConvNetConfig, conv3x3, patches, whiten_
 from leanformer.data import CIFAR10
 from leanformer.evaluate import evaluate
 from leanformer.model import VisionTransformer
-from leanformer.train import RecipeError, build_model, build_optimizer, fit, get_recipe
+from leanformer.recipes import RecipeError, get_recipe
+from leanformer.train import build_model, build_optimizer, fit
 
 
 def small(data, n_train=1024, n_test=1000):
@@ -232,17 +233,6 @@ def test_recipe_mistakes_are_named_before_training(subset):
         fit(get_recipe("teacher-cnn-quick", model=dict(embed_dim=64)), data, progress=False)
     with pytest.raises(RecipeError, match="nesterov=True needs momentum > 0"):
         fit(get_recipe("teacher-cnn-quick", momentum=0.0), data, progress=False)
-
-
-def test_the_teacher_recipe_is_airbench94_restated():
-    r = get_recipe("teacher-cnn")
-    assert r.arch == "convnet" and r.optimizer == "sgd" and r.nesterov and r.momentum == 0.85
-    assert ConvNetConfig.from_dict(r.model) == ConvNetConfig()  # airbench94's widths
-    # 11.5 per 1,024 examples, decoupled from the momentum, as a mean-loss rate at batch 512
-    assert r.lr == pytest.approx(11.5 / (1024 * (1 + 1 / (1 - r.momentum))) * r.batch_size)
-    assert r.label_smoothing == 0.2 and r.crop_padding == 2 and r.flip and r.batchnorm_lr_scale == 64
-    quick = get_recipe("teacher-cnn-quick")
-    assert quick.arch == "convnet" and quick.epochs <= 2 and max(quick.model["widths"]) <= 32
 
 
 def test_flops_of_the_default_convnet():

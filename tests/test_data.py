@@ -8,7 +8,8 @@ import torch
 from PIL import Image
 
 from leanformer import data as D
-from leanformer.data import CLASSES, DataError, augment, auto_augment, load_cifar10, mix
+from leanformer.data import CLASSES, DataError, load_cifar10
+from leanformer.files import sha256_file
 
 
 def jpeg_bytes(seed):
@@ -47,7 +48,7 @@ def test_shipped_subset_is_real_stratified_and_checked(subset):
     # Real photographs, not noise: the channel means are CIFAR-10's (about 0.49, 0.48, 0.45).
     mean = subset.test_images.float().mean((0, 2, 3)) / 255
     assert torch.allclose(mean, torch.tensor([0.494, 0.485, 0.450]), atol=0.01)
-    assert D.sha256_file(D.SUBSET_PATH) == D.SUBSET_SHA256
+    assert sha256_file(D.SUBSET_PATH) == D.SUBSET_SHA256
 
 
 def test_class_folders_and_tar_give_the_same_arrays(tmp_path, tmp_cache):
@@ -148,55 +149,6 @@ def test_checksum_mismatch_names_the_file_and_leaves_no_cache(tmp_path, tmp_cach
     assert no_cache_written(tmp_cache)
 
 
-def test_augment_crops_and_flips_without_inventing_pixels():
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(64, 3, 32, 32)
-    y = augment(x, g, padding=4, flip=True)
-    assert y.shape == x.shape
-    # No padding and no flip is the identity; a crop only moves pixels or adds zero padding.
-    assert torch.equal(augment(x, g, padding=0, flip=False), x)
-    values = set(x[0].flatten().tolist()) | {0.0}
-    assert set(y[0].flatten().tolist()) <= values
-    flipped = augment(x, g, padding=0, flip=True)
-    same = (flipped == x).flatten(1).all(1)
-    mirrored = (flipped == x.flip(3)).flatten(1).all(1)
-    assert torch.all(same | mirrored) and same.any() and mirrored.any()
-
-
-def test_mix_blends_or_pastes_and_reports_the_share():
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
-    assert mix(x, y, g, prob=0.0) == (x, y, y, 1.0)
-    kinds = set()
-    for _ in range(40):
-        xm, ya, yb, lam = mix(x, y, g, prob=1.0)
-        assert torch.equal(ya, y) and torch.equal(yb, y.flip(0)) and 0.0 <= lam <= 1.0
-        from_x = (xm == x).flatten(1).float().mean(1)
-        from_other = (xm == x.flip(0)).flatten(1).float().mean(1)
-        if torch.allclose(xm, lam * x + (1 - lam) * x.flip(0)) and 0 < lam < 1:
-            kinds.add("mixup")
-        else:  # CutMix: every pixel comes from one of the two images, lam of them from x
-            assert torch.all(from_x + from_other == 1.0)
-            assert torch.allclose(from_x, torch.full_like(from_x, lam))
-            kinds.add("cutmix")
-    assert kinds == {"mixup", "cutmix"}
-
-
-def test_auto_augment_edits_each_group_its_own_way_and_repeats_under_a_seed():
-    x = torch.rand(1, 3, 32, 32).expand(64, 3, 32, 32).contiguous()  # one image, 64 times
-    torch.manual_seed(0)
-    y = auto_augment(x, "cifar10", group=8)
-    assert y.shape == x.shape and y.dtype == x.dtype and 0.0 <= y.min() and y.max() <= 1.0
-    groups = y.view(8, 8, -1)
-    assert torch.all(groups == groups[:, :1])  # a group shares one sub-policy...
-    distinct = {tuple(g[0].tolist()) for g in groups}
-    assert len(distinct) > 1 and not torch.equal(y, x)  # ...and groups draw their own
-    torch.manual_seed(0)
-    assert torch.equal(auto_augment(x, "cifar10", group=8), y)
-    with pytest.raises(ValueError, match="must be one of cifar10"):
-        auto_augment(x, "bogus")
-
-
 def test_batches_cover_every_image_once(subset):
     seen = torch.cat([y for _, y in D.batches(subset.train_images, subset.train_labels, 512, True,
                                               torch.Generator().manual_seed(0))])
@@ -243,7 +195,7 @@ def test_make_subset_is_stratified_reproducible_and_loads(tmp_path, tmp_cache):
     source = make_tar(make_folders(tmp_path / "src", per_class=3), tmp_path / "full.tar.gz")
     a, b = tmp_path / "a" / "subset.tar.gz", tmp_path / "b" / "subset.tar.gz"
     sha = D.make_subset(source, a, per_class=2, seed=0)
-    assert D.make_subset(source, b, per_class=2, seed=0) == sha == D.sha256_file(a)
+    assert D.make_subset(source, b, per_class=2, seed=0) == sha == sha256_file(a)
     assert a.read_bytes() == b.read_bytes()  # byte for byte
     data = load_cifar10(a, verbose=False)
     assert torch.bincount(data.train_labels).tolist() == [2] * 10  # 2 of each class's 3

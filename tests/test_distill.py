@@ -9,8 +9,8 @@ from leanformer.data import CIFAR10
 from leanformer import distill
 from leanformer.distill import DistillationLoss, hard_target_loss, soft_target_loss
 from leanformer.evaluate import accuracies_with_tta, tta_logits
-from leanformer.train import (Batch, Lookahead, build_model, fit, get_recipe, mixed_cross_entropy,
-                              recipe_loss)
+from leanformer.recipes import get_recipe
+from leanformer.train import Batch, Lookahead, build_model, fit, mixed_cross_entropy, recipe_loss
 
 
 def test_soft_target_loss_is_the_scaled_kl_divergence():

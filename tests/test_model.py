@@ -4,7 +4,8 @@ from torch import nn
 
 from leanformer.model import (Attention, Block, TextTransformer, ViTConfig, VisionTransformer,
                               attention_maps)
-from leanformer.train import build_model, get_recipe
+from leanformer.recipes import get_recipe
+from leanformer.train import build_model
 
 
 def torch_layer(dim=64, heads=4, ff=128):

@@ -8,7 +8,7 @@ from leanformer.prune import (csr_tensors, drop_one_head_losses, from_csr_tensor
                               keep_top, kept_by, magnitude_prune, prunable_weights, prune_linear, prune_model,
                               prune_with_torch_pruning, remove_masks, sparse_file_bytes, sparsity_sweep,
                               sparsity_table, tensors_bytes)
-from leanformer.train import get_recipe
+from leanformer.recipes import get_recipe
 
 
 def tiny():

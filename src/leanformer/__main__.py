@@ -21,7 +21,7 @@ def _command(args):
 
 def _data_sha256(path):
     """sha256 of the data file a command read, for its provenance (None for a folder or none)."""
-    from .data import sha256_file
+    from .files import sha256_file
 
     return sha256_file(path) if path and Path(path).is_file() else None
 
@@ -95,7 +95,8 @@ def _refuse_to_overwrite(model_path, state_path, resume, force):
 def cmd_train(args):
     from . import checkpoint
     from .evaluate import accuracies_with_tta, evaluate
-    from .train import fit, get_recipe
+    from .recipes import get_recipe
+    from .train import fit
 
     # Every check of the flags comes before anything is loaded or trained.
     setting = _distillation_setting(args)
@@ -123,13 +124,14 @@ def cmd_train(args):
     loss_fn, teacher = None, None
     if args.teacher:
         from .distill import DistillationLoss
+        from .families import arch_of
         from .train import recipe_loss
 
         kind, alpha, temperature = setting
         teacher_model = checkpoint.load_model(args.teacher)
         loss_fn = DistillationLoss(teacher_model, alpha, temperature, recipe_loss(recipe), kind=kind)
         teacher = {"path": str(args.teacher), "weights_sha256": teacher_model.weights_sha256,
-                   "arch": checkpoint.arch_of(teacher_model), **loss_fn.describe()}
+                   "arch": arch_of(teacher_model), **loss_fn.describe()}
         print(f"distilling from {args.teacher}: {_describe_setting(args, *setting)}")
     qat = None
     if args.qat_bits is not None:
@@ -183,7 +185,7 @@ def _qat_group_default():
 def cmd_distill_sweep(args):
     from . import checkpoint
     from .distill import sweep, sweep_settings
-    from .train import get_recipe
+    from .recipes import get_recipe
 
     teacher = checkpoint.load_model(args.teacher)
     settings = sweep_settings(args.temperatures, args.alphas, args.hard_alphas)
@@ -197,10 +199,11 @@ def _save_with_json(model, path, provenance):
     """Save ``model`` with ``provenance`` to ``path`` and the same provenance, with the weights'
     sha256, to the .json beside it (readable without Python). Returns the sha256."""
     from . import checkpoint
+    from .files import atomic_write
 
     path = Path(path)
     sha = checkpoint.save_model(model, path, provenance)
-    checkpoint.atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(
+    atomic_write(path.with_suffix(".json"), lambda tmp: tmp.write_text(
         json.dumps({**provenance, "weights_sha256": sha}, indent=1) + "\n"))
     return sha
 
@@ -229,9 +232,10 @@ def cmd_prune(args):
 
 def cmd_sparsity_sweep(args):
     from . import checkpoint
+    from .files import atomic_write
     from .machine import machine_info
     from .prune import sparsity_sweep
-    from .train import get_recipe
+    from .recipes import get_recipe
 
     bad = [level for level in args.levels if not 0 <= level < 1]
     if bad:
@@ -270,7 +274,7 @@ def cmd_sparsity_sweep(args):
         "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "rows": rows,
     }
-    checkpoint.atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
     print(f"wrote {args.out}")
 
 
@@ -537,7 +541,7 @@ def main(argv: list[str] | None = None) -> None:
     args.argv = list(sys.argv[1:] if argv is None else argv)
     from .checkpoint import CheckpointError
     from .data import DataError
-    from .train import RecipeError
+    from .recipes import RecipeError
 
     try:
         args.func(args)

@@ -16,10 +16,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import atomic_write
 from .machine import machine_info
 from .measure import count_flops
 from .precision import autocast
-from .train import build_model, get_recipe
+from .recipes import get_recipe
+from .train import build_model
 
 
 class NaiveTransformer(nn.Module):
@@ -112,8 +114,6 @@ def main(argv=None):
             print(f"{name:<12}{precision:<11}{ips:>10.0f}{gflops:>10.1f}"
                   f"{row['fraction_of_ceiling']:>11.0%} {row['speedup_vs_naive']:>9.2f}x")
     if args.json:
-        from .checkpoint import atomic_write
-
         result = dict(machine=machine_info(), flops_per_image=flops_per_image, ceilings=ceilings,
                       batch_size=args.batch_size, rows=rows)
         atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))

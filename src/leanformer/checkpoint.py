@@ -1,92 +1,34 @@
 """Saving and loading models and training state, safely.
 
-* A finished model is one ``.safetensors`` file. Its metadata carry the architecture ("vit" or
-  "convnet"; files without it are Vision Transformers), the model config, the provenance, and a
-  sha256 of the weights that ``load_model`` checks. Loading runs no code.
+* A finished model is one ``.safetensors`` file. Its metadata carry the architecture (a name in
+  ``families.ARCHS``; files without it are Vision Transformers), the model config, the
+  provenance, and a sha256 of the weights that ``load_model`` checks. Loading runs no code.
 * Training state (model, optimizer, history) for ``--resume`` is a ``torch.save`` file read back
   with ``weights_only=True``, so it cannot execute code either.
-* Every file the package writes goes through ``atomic_write``: written to a temporary name,
-  forced to the disk and renamed into place, so that a kill or a power cut mid-write leaves the
+* Both are written with ``files.atomic_write``, so a kill or a power cut mid-write leaves the
   previous file intact.
 """
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Callable
 
 import torch
+from torch import nn
 
-from .convnet import ConvNet, ConvNetConfig
-from .data import REPO_ROOT
-from .model import ViTConfig, VisionTransformer
+from .config import REFERENCE  # noqa: F401 (lessons import the reference's path from here)
+from .families import ARCHS, arch_of, create_model
+from .files import atomic_write
 
 # The file format's name predates the ConvNet; the metadata key "arch" tells the families apart.
 FORMAT = "leanformer-vit/1"
-# The model families a file can hold: arch name -> (config class, model class).
-ARCHS = {"vit": (ViTConfig, VisionTransformer), "convnet": (ConvNetConfig, ConvNet)}
-# The reference model that lesson 03 trains and every compression lesson starts from.
-REFERENCE = REPO_ROOT / "checkpoints" / "reference.safetensors"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged or of the wrong kind."""
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
-    """Write a file so that a crash or a power cut leaves either the old file or the whole new
-    one at ``path``, never a part of either.
-
-    ``write(tmp)`` writes the content to ``tmp``, a temporary file in the same folder (a rename
-    is atomic only within one file system). The file's bytes are then forced to the disk
-    (``os.fsync``) before it is renamed onto ``path``: without that, a power cut soon after the
-    rename can leave ``path`` naming an empty file. The folder is fsynced after the rename, so
-    that the new name itself survives. If ``write`` fails, the temporary file is removed and the
-    old file at ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A unique name in the same folder: two writers of one path never share a temporary file.
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        # The writer has closed its file; reopen it to force its bytes to the disk.
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp and some writers (safetensors among them) create owner-only files; give the
-        # result the permissions any new file would get, so that a shared checkpoint stays
-        # readable.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Force a folder's entries (a rename into it) to the disk, where the system allows it:
-    Windows cannot open a folder, and some network file systems refuse to sync one. The file
-    itself is already on the disk then, so a refusal here is no reason to fail the write."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def weights_sha256(state_dict):
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """A digest of names, dtypes, shapes and values, independent of the file format."""
     h = hashlib.sha256()
     for name in sorted(state_dict):
@@ -97,15 +39,7 @@ def weights_sha256(state_dict):
     return h.hexdigest()
 
 
-def arch_of(model) -> str | None:
-    """The name in ``ARCHS`` of ``model``'s family ("vit", "convnet"), or None for another model."""
-    for name, (_, cls) in ARCHS.items():
-        if isinstance(model, cls):
-            return name
-    return None
-
-
-def save_model(model, path, provenance=None):
+def save_model(model: nn.Module, path: str | os.PathLike, provenance: dict | None = None) -> str:
     """Write ``model`` (a VisionTransformer or a ConvNet) and its provenance to a .safetensors
     file. Returns the sha256 of the weights."""
     from safetensors.torch import save_file
@@ -126,7 +60,7 @@ def save_model(model, path, provenance=None):
     return metadata["sha256"]
 
 
-def read_model_file(path):
+def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Return (state_dict, metadata) of a model file after checking its sha256."""
     from safetensors import SafetensorError, safe_open
 
@@ -150,14 +84,14 @@ def read_model_file(path):
     return state, metadata
 
 
-def first_mismatch(error):
+def first_mismatch(error: Exception) -> str:
     """The first line of a ``load_state_dict`` error that names a tensor: PyTorch lists every
     mismatch on a line of its own, and the first one says enough."""
     lines = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
     return (lines[0] if lines else str(error)).rstrip(".")
 
 
-def load_model(path, device="cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Load a model file: returns a VisionTransformer or a ConvNet (as the file's "arch" says) in
     eval mode that takes float images in [0, 1] of shape (N, 3, 32, 32) and returns logits over
     CIFAR-10's 10 classes."""
@@ -166,9 +100,8 @@ def load_model(path, device="cpu"):
     if arch not in ARCHS:
         raise CheckpointError(f"{path} holds a model of architecture {arch!r}, which this leanformer "
                               f"does not know (it knows {', '.join(ARCHS)}); update leanformer.")
-    config_cls, model_cls = ARCHS[arch]
     try:
-        model = model_cls(config_cls.from_dict(json.loads(metadata["config"])))
+        model = create_model(arch, json.loads(metadata["config"]))
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{path}: its config cannot build a model ({e}).") from None
     try:
@@ -182,12 +115,14 @@ def load_model(path, device="cpu"):
     return model.to(device).eval()
 
 
-def save_state(path, state):
+def save_state(path: str | os.PathLike, state: dict) -> None:
     """Training state: a dict of tensors, numbers, strings, lists and dicts only."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path):
+def load_state(path: str | os.PathLike) -> dict:
+    """Training state written by ``save_state``, read with ``weights_only=True``: a file that
+    holds anything but tensors and plain data is refused, never run."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for a damaged file

@@ -1,4 +1,5 @@
 """CIFAR-10 for the course: find it, decode it once, cache it, and serve it as tensors.
+(Augmenting the batches is ``leanformer.augment``'s job.)
 
 Where ``load_cifar10`` looks, in order:
 
@@ -16,26 +17,31 @@ Which test pixels? The shipped subset and ``cifar10-jpg.tar.gz`` hold a JPEG (qu
 the official test images; ``cifar-10-batches-py`` holds the official pixels. ``CIFAR10.pixels``
 says which a data set holds, so that every accuracy can say what it was measured on.
 
-The decoded arrays are cached (``LEANFORMER_CACHE``, default ``~/.cache/leanformer``) under a
-key made from the source, so that a second load takes well under a second. The whole data set
-is 184 MB as uint8, so it lives in memory and batches are cut from tensors: no DataLoader.
+The decoded arrays are cached (``config.cache_dir()``: ``LEANFORMER_CACHE``, default
+``~/.cache/leanformer``) under a key made from the source, so that a second load takes well under
+a second. The whole data set is 184 MB as uint8, so it lives in memory and batches are cut from
+tensors: no DataLoader.
 """
+import gzip
 import hashlib
 import io
 import os
+import random
 import socket
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .config import SUBSET_PATH, cache_dir, is_quick  # lessons import SUBSET_PATH from here too
+from .files import atomic_write, sha256_file
+
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SUBSET_PATH = REPO_ROOT / "data" / "cifar10-subset.tar.gz"
 # sha256 of data/cifar10-subset.tar.gz, checked at every load (see data/README.md).
 SUBSET_SHA256 = "aef91b055ee0da6488890adfe6307958fb3f142053f022d8f4f80c854ae30538"
 CACHE_VERSION = 1
@@ -70,10 +76,6 @@ class CIFAR10:
                 f"pixels={self.pixels!r}, source={self.source!r})")
 
 
-def cache_dir():
-    return Path(os.environ.get("LEANFORMER_CACHE", Path.home() / ".cache" / "leanformer"))
-
-
 def load_cifar10(path=None, download=True, verbose=True):
     """Load CIFAR-10 from the first source that works (see the module docstring)."""
     data = _load(path, download)
@@ -93,8 +95,6 @@ def _load(path, download):
             raise DataError(_not_found([f"{how}: {p} (does not exist)"], explicit=True))
         return _cached(p, kind=_kind_of(p))
     looked.append("path argument and $LEANFORMER_DATA: not given")
-
-    from .lesson import is_quick
 
     tv_root = cache_dir() / "torchvision"
     if is_quick():
@@ -183,8 +183,6 @@ def _cached(p, kind):
 
 
 def _write_atomic_npz(path, arrays):
-    from .checkpoint import atomic_write  # checkpoint imports this module: import on use
-
     def write(tmp):
         with open(tmp, "wb") as f:  # a file object: given a name, np.savez would append .npz
             np.savez(f, **arrays)
@@ -215,14 +213,6 @@ def _check_sha256(p, expected):
         raise DataError(f"Checksum mismatch for {p}: expected sha256 {expected}, got {actual}. "
                         "The file is damaged or was replaced; restore it with `git checkout data/` "
                         "or rebuild it as data/README.md describes.")
-
-
-def sha256_file(p):
-    h = hashlib.sha256()
-    with open(p, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- the readers: each returns {"train_x", "train_y", "test_x", "test_y"} as numpy arrays -----
@@ -314,112 +304,16 @@ def _read_batches(p):
             "test_x": test.data, "test_y": np.array(test.targets, dtype=np.int64)}
 
 
-# --- batches and augmentation, on tensors ----------------------------------------------------
+# --- batches, on tensors ---------------------------------------------------------------------
 
-def batches(images, labels, batch_size, shuffle=False, generator=None):
+def batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool = False,
+            generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (float images in [0, 1], labels) mini-batches from uint8 tensors."""
     n = len(labels)
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
     for i in range(0, n, batch_size):
         idx = order[i : i + batch_size]
         yield images[idx].float().div_(255), labels[idx]
-
-
-def augment(x, generator=None, padding=4, flip=True, cutout=0):
-    """Random crop (after zero padding), horizontal flip and optional cutout on a float batch.
-
-    Done on whole tensors with index arithmetic, so it costs a fraction of a training step.
-    """
-    B, C, H, W = x.shape
-    if padding:
-        padded = torch.nn.functional.pad(x, (padding,) * 4)
-        dy = torch.randint(0, 2 * padding + 1, (B, 1, 1), generator=generator)
-        dx = torch.randint(0, 2 * padding + 1, (B, 1, 1), generator=generator)
-        rows = (torch.arange(H).view(1, H, 1) + dy).expand(B, H, W)
-        cols = (torch.arange(W).view(1, 1, W) + dx).expand(B, H, W)
-        b = torch.arange(B).view(B, 1, 1).expand(B, H, W)
-        x = padded.permute(0, 2, 3, 1)[b, rows, cols].permute(0, 3, 1, 2)
-    if flip:
-        flip_mask = torch.rand(B, generator=generator) < 0.5
-        x = torch.where(flip_mask.view(B, 1, 1, 1), x.flip(3), x)
-    if cutout:
-        cy = torch.randint(0, H, (B, 1, 1), generator=generator)
-        cx = torch.randint(0, W, (B, 1, 1), generator=generator)
-        ys, xs = torch.arange(H).view(1, H, 1), torch.arange(W).view(1, 1, W)
-        hole = ((ys - cy).abs() <= cutout // 2) & ((xs - cx).abs() <= cutout // 2)
-        x = x * (~hole).unsqueeze(1).to(x.dtype)
-    return x.contiguous()
-
-
-AUTO_AUGMENT_POLICIES = ("cifar10", "imagenet", "svhn")
-
-
-def check_auto_augment_policy(policy):
-    """Raise a clear error for a policy name torchvision does not ship."""
-    if policy not in AUTO_AUGMENT_POLICIES:
-        raise ValueError(f"auto_augment must be one of {', '.join(AUTO_AUGMENT_POLICIES)} "
-                         f"('' in a recipe turns it off), got {policy!r}")
-
-
-def auto_augment(x, policy="cifar10", group=8):
-    """AutoAugment (Cubuk et al., 2019) on a float batch in [0, 1], with a learned policy.
-
-    A policy is a list of 25 sub-policies, each two image operations (rotate, shear, posterize,
-    colour, contrast, ...) with a probability and a strength apiece, found by search on a proxy
-    task; torchvision ships the CIFAR-10 one. Each call applies one random sub-policy to the whole
-    tensor, so calling it once per batch would give every image the same edit. A call per image
-    would mean one Python call per image; each group of ``group`` images draws its own instead, at
-    the price of less variety within a group. The draws come from torch's global generator, which
-    ``fit`` seeds every epoch.
-    """
-    from torchvision.transforms import v2
-
-    check_auto_augment_policy(policy)
-    transform = v2.AutoAugment(v2.AutoAugmentPolicy(policy))
-    return torch.cat([transform(chunk) for chunk in x.split(group)])
-
-
-def mixup(x, x_other, lam):
-    """Blend two batches pixel by pixel: ``lam * x + (1 - lam) * x_other``."""
-    return lam * x + (1 - lam) * x_other
-
-
-def cutmix(x, x_other, lam, rng):
-    """Paste a random box from ``x_other`` into ``x``, covering about ``1 - lam`` of the image.
-
-    Returns the images and the exact share of pixels still from ``x`` (the box is rounded to
-    whole pixels). ``rng`` is a ``random.Random``.
-    """
-    H, W = x.shape[-2:]
-    h, w = round(H * (1 - lam) ** 0.5), round(W * (1 - lam) ** 0.5)
-    top, left = rng.randint(0, H - h), rng.randint(0, W - w)
-    x = x.clone()
-    x[..., top : top + h, left : left + w] = x_other[..., top : top + h, left : left + w]
-    return x, 1 - h * w / (H * W)
-
-
-def mix(x, y, generator=None, prob=0.5, mixup_alpha=0.8, cutmix_alpha=1.0):
-    """Mixup or CutMix on a batch: returns ``(x, y, y_other, lam)``.
-
-    With probability ``prob`` the batch is mixed with itself in reverse order, half of the time
-    by ``mixup`` and half by ``cutmix``, with ``lam`` drawn from a Beta distribution. ``lam`` is
-    the share of the loss that belongs to ``y``: train with
-    ``lam * CE(logits, y) + (1 - lam) * CE(logits, y_other)``. An unmixed batch comes back with
-    ``lam = 1.0``. As in DeiT and timm, one ``lam`` serves the whole batch.
-    """
-    import random
-
-    # The Beta draws need a seeded source too; derive one from the caller's generator so that a
-    # resumed run mixes exactly as an uninterrupted one.
-    rng = random.Random(int(torch.randint(0, 2**62, (1,), generator=generator)))
-    if rng.random() >= prob:
-        return x, y, y, 1.0
-    x_other, y_other = x.flip(0), y.flip(0)
-    if rng.random() < 0.5:
-        lam = rng.betavariate(mixup_alpha, mixup_alpha)
-        return mixup(x, x_other, lam), y, y_other, lam
-    x, lam = cutmix(x, x_other, rng.betavariate(cutmix_alpha, cutmix_alpha), rng)
-    return x, y, y_other, lam
 
 
 # --- the shipped subset ----------------------------------------------------------------------
@@ -430,13 +324,8 @@ def make_subset(source: str | os.PathLike, dest: str | os.PathLike, per_class: i
     images per class, chosen at random with ``seed``, and every test image. JPEG bytes are
     copied unchanged, and the archive is byte-for-byte reproducible. Returns its sha256.
 
-    The archive is written with ``checkpoint.atomic_write``: a failure at any point leaves
+    The archive is written with ``files.atomic_write``: a failure at any point leaves
     ``dest`` as it was and no temporary file beside it."""
-    import gzip
-    import random
-
-    from .checkpoint import atomic_write  # checkpoint imports this module: import on use
-
     source = Path(source)
     if not source.is_file():
         raise DataError(f"make-subset: no archive at {source}. Pass a class-folder CIFAR-10 "

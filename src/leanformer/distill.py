@@ -126,6 +126,7 @@ def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True, a
     import time
 
     from . import checkpoint
+    from .files import atomic_write
     from .machine import machine_info
     from .train import fit, recipe_loss
 
@@ -165,5 +166,5 @@ def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True, a
                   f"{results[-1]['wall_time_s']:.0f} s", flush=True)
         if out:
             record = {**head, **about, "results": results}
-            checkpoint.atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
+            atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
     return results

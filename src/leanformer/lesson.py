@@ -6,7 +6,8 @@ Quick or full
 Quick mode (the default) trains small models on few images so that every notebook runs in
 about two minutes on a laptop CPU; tests and CI use it. Full mode runs each lesson as
 written for a reader with a GPU or time to spare. Choose it with the environment variable
-``LEANFORMER_MODE=full`` or by setting ``QUICK = False`` in a lesson's setup cell.
+``LEANFORMER_MODE=full`` or by setting ``QUICK = False`` in a lesson's setup cell
+(``config.is_quick`` reads the variable; ``lesson.is_quick`` is the same function).
 
 Sentences with measured numbers
 -------------------------------
@@ -19,23 +20,19 @@ places: the book's ``remove-input`` tag, JupyterLab's ``source_hidden`` and Cola
 view (``PROSE_METADATA``).
 """
 import logging
-import os
 import random
 from pathlib import Path
 
-
-def is_quick():
-    mode = os.environ.get("LEANFORMER_MODE", "quick").strip().lower()
-    if mode not in ("quick", "full"):
-        raise ValueError(f"LEANFORMER_MODE must be 'quick' or 'full', got {mode!r}")
-    return mode == "quick"
+from .config import is_quick  # setup reads it; lessons may call lesson.is_quick() too
+from .files import atomic_write
 
 
-def setup(seed=0):
+def setup(seed: int = 0) -> bool:
     """Seed every generator, apply the plot style, and return True in quick mode."""
     import numpy as np
     import torch
 
+    # Imported here, not above: the notebook tools below (stamp, execute) need no matplotlib.
     from .plots import use_course_style
 
     _GLUED.clear()
@@ -186,8 +183,6 @@ def stamp_notebooks(root: str | Path = ".", check: bool = False) -> list[Path]:
     (or, with ``check=True``, that would change)."""
     import nbformat
 
-    from .checkpoint import atomic_write
-
     root = Path(root)
     url, branch = repository(root / "_config.yml")
     changed = []
@@ -226,8 +221,6 @@ def execute_notebook(path: str | Path, timeout: int = 900, machine: str | None =
     that every saved lesson was executed on the same machine."""
     import nbformat
     from nbclient import NotebookClient
-
-    from .checkpoint import atomic_write
 
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,

@@ -435,7 +435,8 @@ def sparsity_sweep(model: nn.Module, data, levels: list[float], recipe=None, fin
     of the global model's weights dense, in CSR with int64 and int32 indices, and gzipped), and
     the global models (fine-tuned, if they were) with their masks removed, by sparsity."""
     from .evaluate import evaluate
-    from .train import fit, get_recipe
+    from .recipes import get_recipe
+    from .train import fit
 
     recipe = recipe or get_recipe("finetune-brief")
     rows, models = [], {}

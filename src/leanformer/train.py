@@ -1,7 +1,8 @@
 """The training loop of the course: AdamW (or SGD with Nesterov momentum), warm-up then cosine,
 label smoothing, tensor augmentation, mixed precision, per-epoch evaluation, atomic checkpoints
 and exact resume. One loop trains both model families: the Vision Transformer (``arch="vit"``)
-and the airbench-style ConvNet (``arch="convnet"``) that lesson 06 uses as a teacher.
+and the airbench-style ConvNet (``arch="convnet"``) that lesson 06 uses as a teacher. The runs
+it trains are the ``Recipe``s of ``leanformer.recipes``.
 
 ``fit`` takes its loss from outside (``loss_fn(logits, batch)``, as timm's ``train_one_epoch``
 does), so distillation plugs a teacher into the same loop, and it starts from given weights
@@ -13,7 +14,7 @@ Reproducibility: every random draw of epoch ``e`` comes from generators seeded w
 import math
 import sys
 import time
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,156 +23,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
+from .augment import augment, auto_augment, check_auto_augment_policy, mix
 from .convnet import whiten_init
-from .data import CIFAR10, augment, auto_augment, batches, check_auto_augment_policy, mix
+from .data import CIFAR10, batches
 from .evaluate import default_device, evaluate
+from .families import ARCHS, arch_of, create_model
 from .machine import machine_info
 from .measure import count_parameters
 from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
-
-
-@dataclass
-class Recipe:
-    """A named, complete description of a training run."""
-
-    name: str
-    arch: str = "vit"  # "vit" (VisionTransformer) or "convnet" (ConvNet)
-    model: dict = field(default_factory=dict)  # overrides of the arch's config (ViTConfig, ConvNetConfig)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 2e-3
-    weight_decay: float = 0.05  # AdamW's is decoupled; SGD's is added to the gradient (L2)
-    optimizer: str = "adamw"  # "adamw" or "sgd"
-    momentum: float = 0.9  # SGD only
-    nesterov: bool = True  # SGD only
-    batchnorm_lr_scale: float = 1.0  # learning rate of BatchNorm parameters / the schedule's
-    warmup_epochs: float = 2.0
-    label_smoothing: float = 0.1
-    crop_padding: int = 4
-    flip: bool = True
-    cutout: int = 0
-    auto_augment: str = ""  # "" (off) or an AutoAugment policy: "cifar10", "imagenet", "svhn"
-    lookahead: float = 0.0  # final weight of airbench's Lookahead average (0: off), see ``Lookahead``
-    mix_prob: float = 0.0  # share of batches mixed by mixup or CutMix (0: off)
-    mixup_alpha: float = 0.8
-    cutmix_alpha: float = 1.0
-    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (leanformer.precision)
-    seed: int = 0
-
-    def to_dict(self):
-        return asdict(self)
-
-    @staticmethod
-    def defaults():
-        """The default of every field that has one: what a record from before a field existed
-        means by leaving it out."""
-        return {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
-
-
-RECIPES = {
-    # The course's reference model: a CCT-style ViT (conv tokenizer, 64 tokens of width 128),
-    # trained with AutoAugment and mixup/CutMix.
-    "reference": Recipe(
-        name="reference",
-        model=dict(tokenizer="conv", conv_channels=(32, 128), embed_dim=128, depth=4,
-                   num_heads=4, mlp_ratio=2.0, pool="attn", drop_path_rate=0.1),
-        epochs=120, batch_size=128, lr=1.5e-3, weight_decay=0.05, warmup_epochs=5,
-        label_smoothing=0.1, crop_padding=4, flip=True, cutout=0, auto_augment="cifar10",
-        mix_prob=0.5, mixup_alpha=0.8, cutmix_alpha=1.0, precision="bf16",
-    ),
-    # A plain patch-4 ViT of the same width and depth, for comparison.
-    "vit-patch4": Recipe(
-        name="vit-patch4",
-        model=dict(tokenizer="patch", patch_size=4, embed_dim=128, depth=4, num_heads=4,
-                   mlp_ratio=2.0, pool="cls", drop_path_rate=0.1),
-        epochs=30, precision="bf16",
-    ),
-    # Seconds, not minutes: what quick mode and the tests train.
-    "quick": Recipe(
-        name="quick",
-        model=dict(tokenizer="conv", conv_channels=(32, 64), embed_dim=64, depth=2,
-                   num_heads=2, mlp_ratio=2.0, pool="attn", drop_path_rate=0.0),
-        epochs=3, batch_size=128, lr=3e-3, warmup_epochs=0.5, cutout=0, precision="auto",
-    ),
-}
-
-# The ablations of lesson 03: earlier reference recipes, kept with their checkpoints. Besides the
-# augmentation they differ from the reference in epochs, warm-up and the tokenizer's first
-# convolution.
-RECIPES["reference-no-autoaugment"] = replace(
-    RECIPES["reference"], name="reference-no-autoaugment", epochs=90, warmup_epochs=3,
-    auto_augment="", model={**RECIPES["reference"].model, "conv_channels": (64, 128)})
-RECIPES["reference-no-mix"] = replace(RECIPES["reference-no-autoaugment"],
-                                      name="reference-no-mix", epochs=65, mix_prob=0.0)
-# Lesson 07's parity runs: the reference from scratch with crops and flips, for a fifteenth of its
-# epochs, once in float32 and once under bf16 autocast, from the same seed (same initial weights,
-# same batches, same augmentation). Only the precision differs.
-RECIPES["parity-fp32"] = replace(RECIPES["reference"], name="parity-fp32", epochs=8, warmup_epochs=1,
-                                 auto_augment="", mix_prob=0.0, precision="fp32")
-RECIPES["parity-bf16"] = replace(RECIPES["parity-fp32"], name="parity-bf16", precision="bf16")
-# A short fine-tune of a model that already learned (a pruned or quantization-aware copy of the
-# reference): the reference's augmentation, 15% of its epochs, a third of its peak rate and a
-# one-epoch warm-up, so the weights move without forgetting. Pass the model to ``fit``.
-RECIPES["finetune"] = replace(RECIPES["reference"], name="finetune", epochs=18, lr=5e-4,
-                              warmup_epochs=1)
-# One pass of crops and flips at a low rate: the brief repair a lesson gives each of many
-# pruned models, to compare them (lesson 04). fp32: a pass this short is not worth a precision
-# question, and on a CPU without bf16 matrix units fp32 is the faster format.
-RECIPES["finetune-brief"] = replace(RECIPES["finetune"], name="finetune-brief", epochs=1, lr=2e-4,
-                                    warmup_epochs=0.1, auto_augment="", mix_prob=0.0,
-                                    precision="fp32")
-# Lesson 05's quantization-aware training: a short fine-tune of the reference with crops and flips,
-# with the fake quantizers on (python -m leanformer train --recipe qat --qat-bits ...).
-RECIPES["qat"] = replace(RECIPES["finetune-brief"], name="qat", epochs=4, lr=2e-4, warmup_epochs=0.2,
-                         precision="bf16")
-# Lesson 06's teacher: the airbench94-style ConvNet (leanformer.convnet) with airbench94's
-# hyperparameters restated for this loop, which averages the loss over a batch of 512: a rate of
-# 11.5 and a weight decay of 0.0153 per 1,024 examples at Nesterov momentum 0.85 become
-# lr = 11.5 * 512 / (1024 * (1 + 1 / (1 - 0.85))) = 0.75 and weight_decay = 0.0153 / 11.5,
-# and BatchNorm's biases learn 64 times faster than the weights. Label smoothing 0.2, crops of
-# 2 pixels and flips as there; a warm-up of a fifth of the run, then the cosine decay.
-# airbench's Lookahead average too (final weight 0.95^5 every 5 steps). On the course's 2-core CPU
-# (AMD EPYC with AVX512-BF16, bf16 autocast) an epoch trains at about 400 img/s on idle cores
-# (133 s with its evaluation), so 20 epochs take about 45 minutes; the warm-up is 3 of them.
-RECIPES["teacher-cnn"] = Recipe(
-    name="teacher-cnn", arch="convnet", model=dict(widths=(64, 256, 256)),
-    epochs=20, batch_size=512, optimizer="sgd", lr=0.75, momentum=0.85, nesterov=True,
-    weight_decay=0.0153 / 11.5, batchnorm_lr_scale=64.0, warmup_epochs=3, lookahead=0.95 ** 5,
-    label_smoothing=0.2, crop_padding=2, flip=True, precision="auto",
-)
-# The teacher's first run, kept as a step in lesson 06's table: 8 epochs, a warm-up of 1.2 of them,
-# no Lookahead average. Its record: checkpoints/distill/teacher-cnn-8ep.json.
-RECIPES["teacher-cnn-8ep"] = replace(RECIPES["teacher-cnn"], name="teacher-cnn-8ep", epochs=8,
-                                     warmup_epochs=1.2, lookahead=0.0)
-# Lesson 06's student: the reference's family, recipe and augmentation at half its width (64, two
-# heads of 32 as in the reference, a tokenizer of 16 then 64 channels): 28% of its FLOPs per image.
-# 20 epochs, a sixth of the reference's, trained once from the labels and once with a teacher.
-RECIPES["student"] = replace(RECIPES["reference"], name="student", epochs=20, warmup_epochs=2,
-                             model={**RECIPES["reference"].model, "conv_channels": (16, 64),
-                                    "embed_dim": 64, "num_heads": 2})
-# The same student for the sweep of temperatures and weights, on the shipped 5,000-image subset:
-# 15 epochs of it are 75,000 images, a couple of minutes per setting.
-RECIPES["student-sweep"] = replace(RECIPES["student"], name="student-sweep", epochs=15, warmup_epochs=1)
-# The same in miniature for quick mode and the tests: narrow groups and two epochs at batch 128
-# with the teacher's rate, which at a quarter of the batch weighs each image four times as much:
-# so few steps need large ones.
-RECIPES["teacher-cnn-quick"] = replace(RECIPES["teacher-cnn"], name="teacher-cnn-quick",
-                                       model=dict(widths=(16, 32, 32)), epochs=2, batch_size=128,
-                                       warmup_epochs=0.5)
-
-
-class RecipeError(ValueError):
-    """A recipe name that does not exist, or fields it does not have."""
-
-
-def get_recipe(name, **overrides):
-    if name not in RECIPES:
-        raise RecipeError(f"unknown recipe {name!r}; choose one of {', '.join(RECIPES)}")
-    fields = RECIPES[name].to_dict()
-    unknown = sorted(set(overrides) - set(fields))
-    if unknown:
-        raise RecipeError(f"recipe fields {unknown} do not exist; a Recipe has {', '.join(fields)}")
-    return Recipe(**{**fields, **overrides})
+from .recipes import Recipe, RecipeError
 
 
 def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
@@ -179,16 +39,16 @@ def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
     config of ``recipe.arch``. A ConvNet with a whitening stem takes its filters from
     ``data.train_images`` (``whiten_init``); without ``data`` its stem keeps random weights,
     which is fine for a model whose weights are loaded next, not for training."""
-    if recipe.arch not in checkpoint.ARCHS:
-        raise RecipeError(f"arch must be one of {', '.join(checkpoint.ARCHS)}, got {recipe.arch!r}")
-    config_cls, model_cls = checkpoint.ARCHS[recipe.arch]
+    if recipe.arch not in ARCHS:
+        raise RecipeError(f"arch must be one of {', '.join(ARCHS)}, got {recipe.arch!r}")
+    config_cls, _ = ARCHS[recipe.arch]
     try:
         cfg = config_cls.from_dict(recipe.model)
     except (TypeError, ValueError) as e:
         raise RecipeError(f"recipe {recipe.name!r}: its model settings do not fit arch "
                           f"{recipe.arch!r} ({e})") from None
     torch.manual_seed(recipe.seed)
-    model = model_cls(cfg)
+    model = create_model(recipe.arch, cfg)
     if recipe.arch == "convnet" and cfg.whiten and data is not None:
         whiten_init(model, data.train_images)
     return model
@@ -527,7 +387,7 @@ def training_record(recipe, data, history, model):
         "machine": machine_info(),
         "history": history,
         "parameters": count_parameters(model),
-        "arch": checkpoint.arch_of(model),
+        "arch": arch_of(model),
         "model": model.cfg.to_dict() if hasattr(model, "cfg") else None,
     }
     return record

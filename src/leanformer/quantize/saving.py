@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import CheckpointError, atomic_write
+from ..checkpoint import CheckpointError
+from ..files import atomic_write
 from ..model import ViTConfig, VisionTransformer
 from .compiled import _example
 from .library import TORCHAO_CONFIGS, legacy_quantize_dynamic, torchao_quantize
