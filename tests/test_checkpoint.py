@@ -8,6 +8,7 @@ import torch
 from leanformer import checkpoint, load_model
 from leanformer.checkpoint import CheckpointError, save_model
 from leanformer.config import CHECKPOINTS
+from leanformer.files import tensors_sha256
 from leanformer.model import ViTConfig, VisionTransformer
 
 
@@ -27,7 +28,7 @@ def test_round_trip_gives_the_same_logits_in_eval_mode(tmp_path):
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
-    assert checkpoint.weights_sha256(loaded.state_dict()) == sha
+    assert tensors_sha256(loaded.state_dict()) == sha
 
 
 def test_saved_checkpoints_get_the_usual_file_permissions(tmp_path):
@@ -135,7 +136,7 @@ def test_weights_that_do_not_fit_the_config_give_one_clear_error(tmp_path):
     state = load_file(str(path))
     state["blocks.0.mlp.fc1.weight"] = state["blocks.0.mlp.fc1.weight"][:10].contiguous()
     state["blocks.0.mlp.fc1.bias"] = state["blocks.0.mlp.fc1.bias"][:10].contiguous()
-    metadata["sha256"] = checkpoint.weights_sha256(state)  # a consistent file of the wrong shape
+    metadata["sha256"] = tensors_sha256(state)  # a consistent file of the wrong shape
     save_file(state, str(path), metadata=metadata)
     with pytest.raises(CheckpointError, match="do not match the model its config describes") as e:
         load_model(path)
@@ -241,13 +242,13 @@ def test_save_model_refuses_a_model_it_could_not_load(tmp_path):
 def test_weights_sha256_covers_zero_dim_tensors_and_is_unchanged_for_others():
     one = {"w": torch.arange(6, dtype=torch.float32).view(2, 3), "n": torch.tensor(5)}
     other = {"w": one["w"], "n": torch.tensor(6)}
-    assert checkpoint.weights_sha256(one) != checkpoint.weights_sha256(other)
+    assert tensors_sha256(one) != tensors_sha256(other)
     import hashlib  # the digest of a tensor with dimensions is what it always was
 
     h = hashlib.sha256()
     h.update(b"w|torch.float32|(2, 3)|")
     h.update(one["w"].view(torch.uint8).numpy().tobytes())
-    assert checkpoint.weights_sha256({"w": one["w"]}) == h.hexdigest()
+    assert tensors_sha256({"w": one["w"]}) == h.hexdigest()
 
 
 def test_cli_trains_a_convnet_that_evaluate_loads(tmp_path, tiny_folder):
@@ -264,3 +265,19 @@ def test_cli_trains_a_convnet_that_evaluate_loads(tmp_path, tiny_folder):
     out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--data",
                           str(tiny_folder), "--json"], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout[out.stdout.index("{"):])["test_images"] == 40
+
+
+def test_a_changed_copy_never_carries_its_originals_digest(tmp_path):
+    import copy
+
+    from leanformer.prune import prune_model
+
+    model = VisionTransformer(ViTConfig(embed_dim=16, depth=1, num_heads=2, mlp_ratio=2.0))
+    sha = save_model(model, tmp_path / "m.safetensors")
+    loaded = load_model(tmp_path / "m.safetensors")
+    assert loaded.weights_sha256 == sha == copy.deepcopy(loaded).weights_sha256
+    pruned = prune_model(loaded, [[0]], [list(range(16))])  # one head and half the units kept
+    assert pruned.weights_sha256 == tensors_sha256(pruned.state_dict()) != sha
+    with torch.no_grad():
+        loaded.head.bias += 1  # a fine-tune in place changes the digest too
+    assert loaded.weights_sha256 != sha

@@ -8,7 +8,6 @@
 * Both are written with ``files.atomic_write``, so a kill or a power cut mid-write leaves the
   previous file intact.
 """
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -18,7 +17,7 @@ from torch import nn
 
 from .config import REFERENCE  # noqa: F401 (lessons import the reference's path from here)
 from .families import ARCHS, arch_of, create_model
-from .files import atomic_write
+from .files import atomic_write, tensors_sha256
 
 # The file format's name predates the ConvNet; the metadata key "arch" tells the families apart.
 FORMAT = "leanformer-vit/1"
@@ -26,17 +25,6 @@ FORMAT = "leanformer-vit/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged or of the wrong kind."""
-
-
-def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """A digest of names, dtypes, shapes and values, independent of the file format."""
-    h = hashlib.sha256()
-    for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) has bytes too
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
 
 
 def save_model(model: nn.Module, path: str | os.PathLike, provenance: dict | None = None) -> str:
@@ -53,7 +41,7 @@ def save_model(model: nn.Module, path: str | os.PathLike, provenance: dict | Non
         "format": FORMAT,
         "arch": arch,
         "config": json.dumps(model.cfg.to_dict()),
-        "sha256": weights_sha256(state),
+        "sha256": tensors_sha256(state),
         "provenance": json.dumps(provenance or {}),
     }
     atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=metadata))
@@ -77,7 +65,7 @@ def read_model_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
     if metadata.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a leanformer model (format {metadata.get('format')!r}, "
                               f"expected {FORMAT!r}).")
-    actual = weights_sha256(state)
+    actual = tensors_sha256(state)
     if actual != metadata.get("sha256"):
         raise CheckpointError(f"{path}: weights sha256 {actual} does not match the recorded "
                               f"{metadata.get('sha256')}. The file is damaged; restore or retrain it.")
@@ -111,7 +99,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
                               f"({first_mismatch(e)}). The file was not written by save_model from "
                               "this model; re-save it or retrain.") from None
     model.provenance = json.loads(metadata.get("provenance", "{}"))
-    model.weights_sha256 = metadata["sha256"]
     return model.to(device).eval()
 
 

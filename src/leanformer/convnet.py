@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import CIFAR10_MEAN, CIFAR10_STD, config_fields
+from .model import CIFAR10_MEAN, CIFAR10_STD, WeightsDigest, config_fields
 
 
 @dataclass
@@ -102,7 +102,7 @@ class ConvGroup(nn.Module):
         return self.act(self.norm2(self.conv2(x)))
 
 
-class ConvNet(nn.Module):
+class ConvNet(WeightsDigest, nn.Module):
     """The airbench-style network. Input: float images in [0, 1], (B, 3, H, W). Output: logits
     (B, num_classes). Call ``whiten_init`` before training when ``cfg.whiten`` is set."""
 

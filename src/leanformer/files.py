@@ -11,6 +11,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> None:
     """Write a file so that a crash or a power cut leaves either the old file or the whole new
@@ -71,4 +73,16 @@ def sha256_file(p: str | os.PathLike) -> str:
     with open(p, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+def tensors_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """A digest of named tensors (a model's weights, a data set's arrays): names, dtypes, shapes
+    and values, independent of the file format they are stored in."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # reshape(-1): a 0-dim tensor (BatchNorm's num_batches_tracked) has bytes too
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import scaled_dot_product_attention
+from .files import tensors_sha256
 
 # CIFAR-10 training-set statistics. They live in the model (see ``VisionTransformer.forward``)
 # so that a checkpoint takes images in [0, 1] and nobody has to remember the numbers.
@@ -257,7 +258,16 @@ class ViTConfig:
         return cls(**d)
 
 
-class VisionTransformer(nn.Module):
+class WeightsDigest:
+    """``model.weights_sha256``: the digest of the weights the model holds now, computed when
+    asked, so that a pruned, fine-tuned or copied model never carries its original's digest."""
+
+    @property
+    def weights_sha256(self) -> str:
+        return tensors_sha256(self.state_dict())
+
+
+class VisionTransformer(WeightsDigest, nn.Module):
     """A Vision Transformer for small images. Input: float images in [0, 1], (B, 3, H, W).
     Output: logits (B, num_classes)."""
 

@@ -28,6 +28,7 @@ from .convnet import whiten_init
 from .data import CIFAR10, batches
 from .evaluate import default_device, evaluate
 from .families import ARCHS, arch_of, create_model
+from .files import tensors_sha256
 from .machine import machine_info
 from .measure import count_parameters
 from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
@@ -170,7 +171,7 @@ class Lookahead:
 def data_sha256(data: CIFAR10) -> str:
     """A digest of a data set's images and labels, whatever file or folder they came from: two
     loads of the same images agree, a data set with one pixel changed does not."""
-    return checkpoint.weights_sha256({"train_images": data.train_images,
+    return tensors_sha256({"train_images": data.train_images,
                                       "train_labels": data.train_labels,
                                       "test_images": data.test_images,
                                       "test_labels": data.test_labels})
@@ -190,11 +191,11 @@ def run_identity(data: CIFAR10, model: nn.Module | None = None,
     """
     init = None
     if model is not None:
-        init = {"weights_sha256": checkpoint.weights_sha256(model.state_dict()),
+        init = {"weights_sha256": tensors_sha256(model.state_dict()),
                 "qat": getattr(model, "qat", None)}
     teacher = getattr(loss_fn, "teacher", None)
     if isinstance(teacher, nn.Module):
-        teacher = {"weights_sha256": checkpoint.weights_sha256(teacher.state_dict()),
+        teacher = {"weights_sha256": tensors_sha256(teacher.state_dict()),
                    **(loss_fn.describe() if hasattr(loss_fn, "describe") else {})}
     else:
         teacher = None
