@@ -1,0 +1,142 @@
+"""Which heads and MLP units to remove: an importance score, one number per head or unit, and
+the pruning it drives.
+
+``taylor`` is the first-order Taylor estimate of the loss change if a head or unit were removed
+(Molchanov et al. 2017; for heads this is the head-gate sensitivity of Michel et al. 2019),
+``magnitude`` the norm of its weights, ``random`` the baseline any score must beat.
+``prune_by_score`` keeps the best of every block; ``drop_one_head_losses`` measures exactly what
+removing each head costs, to check a score against.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..model import VisionTransformer
+from .structured import keep_top, prune_model
+
+SCORES = ("taylor", "magnitude", "random")
+
+
+def _taylor_scores(model, images, labels, batch_size):
+    """|dL/dg| for a gate g on every head output and every MLP hidden unit, summed over batches:
+    the first-order estimate of how much the loss changes when that head or unit is removed."""
+    model.eval()
+    heads = [torch.zeros(b.attn.num_heads) for b in model.blocks]
+    units = [torch.zeros(b.mlp.fc1.out_features) for b in model.blocks]
+    handles = []
+
+    def watch(store, group):
+        def hook(module, args):
+            x = args[0]
+            if x.requires_grad:
+                def on_grad(g, x=x):
+                    # The gate's gradient: sum of activation times gradient over one group.
+                    contrib = (x.detach() * g).flatten(0, -2).sum(0)
+                    store.add_(contrib.view(-1, group).sum(1).abs().float().cpu())
+                x.register_hook(on_grad)
+        return hook
+
+    for i, b in enumerate(model.blocks):
+        handles.append(b.attn.proj.register_forward_pre_hook(watch(heads[i], b.attn.head_dim)))
+        handles.append(b.mlp.fc2.register_forward_pre_hook(watch(units[i], 1)))
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), labels[start:start + batch_size]).backward()
+    finally:
+        for h in handles:
+            h.remove()
+        model.zero_grad(set_to_none=True)
+    return heads, units
+
+
+def _magnitude_scores(model):
+    heads, units = [], []
+    for b in model.blocks:
+        a, d = b.attn, b.attn.head_dim
+        qkv = a.qkv.weight.detach().view(3, a.num_heads, d, -1)
+        proj = a.proj.weight.detach().view(-1, a.num_heads, d)
+        heads.append((qkv.pow(2).sum((0, 2, 3)) + proj.pow(2).sum((0, 2))).sqrt())
+        units.append((b.mlp.fc1.weight.detach().pow(2).sum(1) + b.mlp.fc2.weight.detach().pow(2).sum(0)).sqrt())
+    return heads, units
+
+
+def importance(model: VisionTransformer, score: str = "taylor", images=None, labels=None,
+               batch_size: int = 128, seed: int = 0):
+    """(head scores, unit scores): one tensor per block each, larger = more important.
+    ``taylor`` needs training ``images`` (uint8 or float in [0, 1]) and ``labels``."""
+    if score == "taylor":
+        if images is None or labels is None:
+            raise ValueError("the taylor score needs images and labels (a slice of the training set)")
+        return _taylor_scores(model, images, labels, batch_size)
+    if score == "magnitude":
+        return _magnitude_scores(model)
+    if score == "random":
+        g = torch.Generator().manual_seed(seed)
+        return ([torch.rand(b.attn.num_heads, generator=g) for b in model.blocks],
+                [torch.rand(b.mlp.fc1.out_features, generator=g) for b in model.blocks])
+    raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
+
+
+def prune_by_score(model: VisionTransformer, heads: int, units: int, score: str = "taylor", data=None,
+                   n_images: int = 2048, seed: int = 0) -> tuple[VisionTransformer, dict]:
+    """Keep the ``heads`` most important heads and ``units`` most important MLP units of every
+    block by ``score``; the taylor score ranks on ``n_images`` training images of ``data`` drawn
+    with ``seed``. Returns the pruned copy and a record of what was kept and why (what the
+    ``prune`` command saves as provenance)."""
+    for b in model.blocks:
+        if not 1 <= heads <= b.attn.num_heads:
+            raise ValueError(f"heads: keep between 1 and {b.attn.num_heads} per block, got {heads}")
+        if not 1 <= units <= b.mlp.fc1.out_features:
+            raise ValueError(f"units: keep between 1 and {b.mlp.fc1.out_features} per block, got {units}")
+    x = y = None
+    if score == "taylor":
+        if data is None:
+            raise ValueError("the taylor score needs data: its training images rank the heads and units")
+        # A fixed random sample of training images (never test images) ranks the heads and units.
+        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:n_images]
+        x, y = data.train_images[pick], data.train_labels[pick]
+    head_scores, unit_scores = importance(model, score, x, y, seed=seed)
+    keep_heads, keep_units = keep_top(head_scores, heads), keep_top(unit_scores, units)
+    pruned = prune_model(model, keep_heads, keep_units)
+    record = {"score": score, "score_images": len(y) if y is not None else 0, "seed": seed,
+              "kept_heads": keep_heads, "kept_units": keep_units,
+              "head_scores": [h.tolist() for h in head_scores],
+              "widths": [list(w) for w in pruned.cfg.widths()]}
+    return pruned, record
+
+
+def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor,
+                         batch_size: int = 256) -> list[torch.Tensor]:
+    """The exact effect of every head: the loss on ``images`` with that one head removed, minus the
+    loss of the whole model. One tensor per block; larger = more important (NaN for the only head
+    of a block, which cannot go). Costs one pass over ``images`` per head, so it suits a model
+    with few heads."""
+    was_training = model.training
+
+    def loss_of(m):
+        m.eval()
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(labels), batch_size):
+                x = images[start:start + batch_size]
+                x = x.float().div(255) if x.dtype == torch.uint8 else x
+                total += F.cross_entropy(m(x), labels[start:start + batch_size], reduction="sum").item()
+        return total / len(labels)
+
+    base = loss_of(model)
+    all_heads = [list(range(b.attn.num_heads)) for b in model.blocks]
+    all_units = [list(range(b.mlp.fc1.out_features)) for b in model.blocks]
+    losses = []
+    for i, block in enumerate(model.blocks):
+        row = []
+        for h in range(block.attn.num_heads):
+            if block.attn.num_heads == 1:  # a block's last head cannot be removed
+                row.append(float("nan"))
+                continue
+            keep = [hs if j != i else [k for k in hs if k != h] for j, hs in enumerate(all_heads)]
+            row.append(loss_of(prune_model(model, keep, all_units)) - base)
+        losses.append(torch.tensor(row))
+    model.train(was_training)
+    return losses

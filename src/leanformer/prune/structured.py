@@ -1,0 +1,94 @@
+"""Structured pruning: remove whole attention heads and MLP hidden units, so that the weight
+matrices shrink and the model really does less work.
+
+Where a head and a hidden unit live in the weights of a ``Block``:
+
+* head ``h`` of ``Attention`` (``head_dim`` = d): rows ``p * attn_dim + h * d ... + d`` of ``qkv``
+  for each of q, k and v (p = 0, 1, 2), and columns ``h * d ... + d`` of ``proj``;
+* hidden unit ``u`` of ``Mlp``: row ``u`` of ``fc1`` (and its bias) and column ``u`` of ``fc2``.
+
+``prune_linear`` keeps the chosen rows or columns of one ``nn.Linear``; ``prune_heads`` and
+``prune_mlp`` apply it to a block's attention and MLP; ``prune_model`` returns a smaller copy of a
+``VisionTransformer`` whose config records the new widths, so that ``save_model`` and
+``load_model`` round-trip it; ``keep_top`` turns scores into the indices to keep.
+"""
+import copy
+
+import torch
+from torch import nn
+
+from ..model import Attention, Mlp, VisionTransformer
+
+
+def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+    """A new ``nn.Linear`` that keeps the output rows (``dim=0``) or input columns (``dim=1``) of
+    ``layer`` listed in ``index``. The bias belongs to the rows, so it is sliced only with them."""
+    index = torch.as_tensor(index, dtype=torch.long, device=layer.weight.device)
+    weight = layer.weight.detach().index_select(dim, index).clone()
+    has_bias = layer.bias is not None
+    out_f, in_f = weight.shape
+    new = nn.Linear(in_f, out_f, bias=has_bias, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if has_bias:
+            new.bias.copy_(layer.bias.detach()[index] if dim == 0 else layer.bias.detach())
+    return new
+
+
+def head_columns(attn: Attention, heads) -> torch.Tensor:
+    """The columns of ``attn.proj`` (and the positions within q, k or v) that belong to ``heads``."""
+    d = attn.head_dim
+    return (torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads]) if len(heads)
+            else torch.zeros(0, dtype=torch.long))
+
+
+def head_rows(attn: Attention, heads) -> torch.Tensor:
+    """The rows of ``attn.qkv`` that belong to ``heads``: their q rows, then k rows, then v rows."""
+    cols = head_columns(attn, heads)
+    return torch.cat([p * attn.attn_dim + cols for p in range(3)])
+
+
+def prune_heads(attn: Attention, keep) -> None:
+    """Keep only the heads listed in ``keep`` (in place): slice ``qkv`` rows and ``proj`` columns."""
+    keep = sorted(int(h) for h in keep)
+    if any(h < 0 or h >= attn.num_heads for h in keep):
+        raise ValueError(f"heads to keep must be in 0..{attn.num_heads - 1}, got {keep}")
+    if not keep:
+        raise ValueError(f"a block must keep at least one of its {attn.num_heads} heads; "
+                         "to remove attention from a block, build a model whose config says so")
+    attn.qkv = prune_linear(attn.qkv, head_rows(attn, keep), dim=0)
+    attn.proj = prune_linear(attn.proj, head_columns(attn, keep), dim=1)
+    attn.num_heads, attn.attn_dim = len(keep), len(keep) * attn.head_dim
+
+
+def prune_mlp(mlp: Mlp, keep) -> None:
+    """Keep only the hidden units listed in ``keep`` (in place): ``fc1`` rows, ``fc2`` columns."""
+    keep = torch.as_tensor(sorted(int(u) for u in keep), dtype=torch.long)
+    if not len(keep):
+        raise ValueError(f"an MLP must keep at least one of its {mlp.fc1.out_features} hidden units")
+    if keep.min() < 0 or keep.max() >= mlp.fc1.out_features:
+        raise ValueError(f"units to keep must be in 0..{mlp.fc1.out_features - 1}, "
+                         f"got {keep.min().item()}..{keep.max().item()}")
+    mlp.fc1 = prune_linear(mlp.fc1, keep, dim=0)
+    mlp.fc2 = prune_linear(mlp.fc2, keep, dim=1)
+
+
+def prune_model(model: VisionTransformer, keep_heads, keep_units) -> VisionTransformer:
+    """A pruned copy of ``model``: block ``i`` keeps heads ``keep_heads[i]`` and MLP units
+    ``keep_units[i]``. The copy's config records the new widths (``ViTConfig.block_widths``)."""
+    if len(keep_heads) != len(model.blocks) or len(keep_units) != len(model.blocks):
+        raise ValueError(f"give one list of heads and one of units per block ({len(model.blocks)} blocks)")
+    pruned = copy.deepcopy(model)
+    for block, heads, units in zip(pruned.blocks, keep_heads, keep_units):
+        prune_heads(block.attn, heads)
+        prune_mlp(block.mlp, units)
+    widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in pruned.blocks)
+    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
+                                    "head_dim": model.cfg.head_width})
+    pruned.provenance = {}
+    return pruned
+
+
+def keep_top(scores: list[torch.Tensor], n_keep: int) -> list[list[int]]:
+    """In every block, the indices of the ``n_keep`` highest scores, in ascending order."""
+    return [sorted(s.topk(min(n_keep, len(s))).indices.tolist()) for s in scores]
