@@ -139,13 +139,13 @@ def test_the_sweep_trains_each_setting_once_and_resumes_from_its_file(subset, tm
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
     import leanformer.train
 
-    real_fit, calls = leanformer.train.fit, []
+    real_fit, calls = leanformer.distill.fit, []
 
     def counting_fit(recipe, data, **kw):
         calls.append(type(kw.get("loss_fn")).__name__)
         return real_fit(recipe, data, **kw)
 
-    monkeypatch.setattr(leanformer.train, "fit", counting_fit)
+    monkeypatch.setattr(leanformer.distill, "fit", counting_fit)  # where the sweep looks it up
     recipe = get_recipe("quick", epochs=1)
     settings = distill.sweep_settings(temperatures=(2,), alphas=(0.5,), hard_alphas=(0.5,))
     assert [distill.setting_name(**s) for s in settings] == ["labels", "soft T=2 a=0.5", "hard a=0.5"]

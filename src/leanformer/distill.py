@@ -16,12 +16,19 @@ Touvron et al. (2021, DeiT), hard targets: the teacher's top class is a label,
 The teacher sees the very images the student sees, augmentation and mixing included, so on a
 mixed image it gives its own answer for that mixture rather than a made-up label share.
 """
+import json
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from . import checkpoint
+from .files import atomic_write
+from .machine import machine_info
+from .train import fit, recipe_loss
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -122,14 +129,6 @@ def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True, a
     about:    more to write into the file (the command, say); its "teacher" entry, if any, is
               part of what must match for a resume.
     """
-    import json
-    import time
-
-    from . import checkpoint
-    from .files import atomic_write
-    from .machine import machine_info
-    from .train import fit, recipe_loss
-
     out = Path(out) if out else None
     about = dict(about or {})
     head = json.loads(json.dumps({  # as the file holds it: tuples become lists
