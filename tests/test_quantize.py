@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from leanformer import quantize as Q
 from leanformer.checkpoint import CheckpointError
+from leanformer.measure import count_parameters
 from leanformer.model import VisionTransformer
 
 
@@ -260,7 +261,8 @@ def test_an_intx_model_saves_and_loads_with_its_scheme(bits, group_size, activat
     model = tiny_vit()
     q = Q.intx_quantize(model, bits, group_size, activations)
     scheme = {"weight_bits": bits, "group_size": group_size, "activations": activations}
-    assert q.quantization == {"path": "torchao", "kind": f"int{bits}-intx", "scheme": scheme}
+    assert q.quantization == {"path": "torchao", "kind": f"int{bits}-intx", "scheme": scheme,
+                              "parameters": count_parameters(model)}
     path = Q.save_quantized(q, tmp_path / "m.pt", source=model)
     assert read_header(path)["scheme"] == scheme
     loaded, record = Q.load_quantized(path)
@@ -510,3 +512,22 @@ def test_convert_qat_leaves_a_plain_float_model():
     x = torch.rand(4, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(qat(x), model(x))  # no training in between: the float model again
+
+
+def test_a_quantized_model_is_costed_with_its_float_models_parameters(tmp_path):
+    """An int8 weight is still a parameter: every path records the float model's count, and
+    measure_costs reports it where the packing hides the weights from counting."""
+    from leanformer.measure import count_parameters, measure_costs
+
+    model = tiny_vit()
+    n = count_parameters(model)
+    legacy = Q.legacy_quantize_dynamic(model) if Q.has_legacy_quantize_dynamic() else None
+    made = {"torchao": Q.torchao_quantize(model, "int8-dynamic"), "intx": Q.intx_quantize(model, 4, 32)}
+    if legacy is not None:
+        assert count_parameters(legacy) < n  # packed: plain counting misses the Linear weights
+        made["legacy"] = legacy
+    assert all(m.quantization["parameters"] == n for m in made.values())
+    path = Q.save_quantized(made["torchao"], tmp_path / "m.pt", source=model)
+    assert Q.load_quantized(path)[1]["parameters"] == n
+    costs = measure_costs(made, rounds=1, latency_calls=1, throughput_calls=1, warmup=0, batch_size=4)
+    assert [c.parameters for c in costs] == [n] * len(made) and not any("parameters" in c.notes for c in costs)

@@ -137,8 +137,10 @@ def measure_costs(models: dict[str, nn.Module], data=None, *, files: dict | None
         cost = Cost(name, precision=prec[name], batch_size=batch_size, threads=torch.get_num_threads(),
                     machine=machine)
         quantized = _quantized_parts(model)
-        params = count_parameters(model)
-        if quantized and params == 0:
+        # A quantized or compiled model records the parameters of the float model it was made
+        # from: an int8 weight is still a parameter, though its packing hides it from counting.
+        params = (getattr(model, "quantization", None) or {}).get("parameters") or count_parameters(model)
+        if params == 0:
             cost.notes["parameters"] = "the weights are packed inside quantized modules"
         else:
             cost.parameters = params

@@ -5,6 +5,8 @@ import time
 import torch
 from torch import nn
 
+from ..measure.size import count_parameters
+
 
 def _example(batch_size=256):
     return torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -22,7 +24,8 @@ class CompiledForCPU(nn.Module):
         self._compiled = [torch.compile(model, dynamic=False)]  # in a list: not a submodule to train()
         self.batch_sizes = sorted(batch_sizes)
         self.freezing = freezing
-        self.quantization = getattr(model, "quantization", {"path": "float", "kind": "fp32"})
+        self.quantization = getattr(model, "quantization", None) or {
+            "path": "float", "kind": "fp32", "parameters": count_parameters(model)}
         self.provenance = getattr(model, "provenance", None)  # the training record, for measure_costs
         super().train(False)
 

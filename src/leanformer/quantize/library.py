@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..machine import cpu_flags
+from ..measure.size import count_parameters
 from .compiled import _example, compile_for_cpu
 from .layers import _linear_only
 
@@ -57,7 +58,7 @@ def torchao_quantize(model, kind: str = "int8-dynamic"):
 
     out = copy.deepcopy(model).eval()
     quantize_(out, torchao_config(kind), filter_fn=_linear_only(True))
-    out.quantization = {"path": "torchao", "kind": kind}
+    out.quantization = {"path": "torchao", "kind": kind, "parameters": count_parameters(model)}
     return out
 
 
@@ -83,7 +84,7 @@ def legacy_quantize_dynamic(model):
         warnings.simplefilter("ignore")  # its deprecation notice; the lesson says it in words
         out = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear},
                                                      dtype=torch.qint8)
-    out.quantization = {"path": "legacy", "kind": "int8-dynamic"}
+    out.quantization = {"path": "legacy", "kind": "int8-dynamic", "parameters": count_parameters(model)}
     return out
 
 
@@ -111,7 +112,7 @@ def pt2e_quantize(model, calibration_images, batch_size=256, max_batch=1024):
     converted = _drop_unused(convert_pt2e(prepared))
     allow_exported_model_train_eval(converted)  # .eval() is then a no-op, as for any served model
     converted.provenance = getattr(model, "provenance", None)
-    converted.quantization = {"path": "pt2e", "kind": "int8-static"}
+    converted.quantization = {"path": "pt2e", "kind": "int8-static", "parameters": count_parameters(model)}
     return converted
 
 

@@ -5,6 +5,7 @@ import copy
 import torch
 from torch import nn
 
+from ..measure.size import count_parameters
 from .layers import _linear_only
 
 
@@ -83,5 +84,6 @@ def intx_quantize(model: nn.Module, weight_bits: int = 4, group_size: int | None
               if activations else IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity))
     out = copy.deepcopy(model).eval()
     quantize_(out, config, filter_fn=_linear_only(True))
-    out.quantization = {"path": "torchao", "kind": f"int{weight_bits}-intx", "scheme": scheme}
+    out.quantization = {"path": "torchao", "kind": f"int{weight_bits}-intx", "scheme": scheme,
+                        "parameters": count_parameters(model)}
     return out

@@ -100,7 +100,7 @@ def load_quantized(path) -> tuple[nn.Module, dict]:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: its tensors do not fit the model its header describes "
                               f"({e}); re-save it with save_quantized.") from None
-    record = {k: header[k] for k in ("path", "kind", "scheme") if k in header}
+    record = {k: header[k] for k in ("path", "kind", "scheme", "parameters") if k in header}
     model.quantization = record
     return model.eval(), dict(record)
 
