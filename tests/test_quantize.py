@@ -531,3 +531,31 @@ def test_a_quantized_model_is_costed_with_its_float_models_parameters(tmp_path):
     assert Q.load_quantized(path)[1]["parameters"] == n
     costs = measure_costs(made, rounds=1, latency_calls=1, throughput_calls=1, warmup=0, batch_size=4)
     assert [c.parameters for c in costs] == [n] * len(made) and not any("parameters" in c.notes for c in costs)
+
+
+def test_flops_by_kind_splits_the_total_as_the_formulas_do():
+    """The three kinds against formulas worked out by hand: 2 * in * out per token for a Linear
+    layer, 2 * C_in * C_out * k * k per output pixel for a convolution, and the two attention
+    products, 2 * heads * tokens^2 * head_width each, per block."""
+    model = tiny_vit()
+    table = Q.flops_by_kind(model).set_index("kind")
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: outputs.__setitem__(name, o.shape))
+             for name, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    conv = linear = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Conv2d):
+            c_in, k = m.in_channels // m.groups, m.kernel_size[0] * m.kernel_size[1]
+            conv += 2 * c_in * m.out_channels * k * outputs[name][-1] * outputs[name][-2]
+        elif isinstance(m, torch.nn.Linear):
+            linear += 2 * m.in_features * m.out_features * (outputs[name].numel() // m.out_features)
+    tokens, head_width = model.patch_embed.num_patches, model.cfg.head_width
+    attention = sum(2 * 2 * b.attn.num_heads * tokens ** 2 * head_width for b in model.blocks)
+    assert table.loc["tokenizer convolutions", "flops"] == conv
+    assert table.loc["Linear layers", "flops"] == linear
+    assert table.loc["attention products (Q K^T, A V)", "flops"] == attention
+    assert abs(table["share"].sum() - 1) < 1e-12
