@@ -19,7 +19,7 @@ as a convenience for the lessons, are ``machine_info`` and ``cpu_flags`` of
 ``leanformer.machine``.
 """
 from ..machine import cpu_flags, machine_info
-from .cost import Cost, measure_cost, measure_costs, training_cost
+from .cost import Cost, LabelledTestSet, measure_cost, measure_costs, training_cost
 from .flops import attention_flops, block_flops, component_costs, count_flops, mlp_flops
 from .size import count_parameters, safetensors_blob, safetensors_bytes, size_on_disk, tensors_bytes
 from .stats import accuracy_noise, compare_accuracy, confusion_matrix, per_class_accuracy
@@ -31,7 +31,7 @@ __all__ = [
     "count_flops", "attention_flops", "mlp_flops", "block_flops", "component_costs",
     "Spread", "time_side_by_side",
     "confusion_matrix", "per_class_accuracy", "accuracy_noise", "compare_accuracy",
-    "Cost", "training_cost", "measure_costs", "measure_cost",
+    "Cost", "LabelledTestSet", "training_cost", "measure_costs", "measure_cost",
     "cost_table", "show_costs",
     "machine_info", "cpu_flags",
 ]

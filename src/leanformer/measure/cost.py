@@ -4,9 +4,14 @@ each of several models measured side by side. A column that cannot be measured f
 left empty and ``Cost.notes`` says why, instead of showing a wrong number. ``Cost.to_dict`` and
 ``Cost.from_dict`` write a record to JSON and read it back.
 """
+from __future__ import annotations
+
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -16,6 +21,14 @@ from ..machine import machine_info
 from .flops import count_flops
 from .size import count_parameters, safetensors_bytes, size_on_disk
 from .timing import Spread, _random_images, _runner, time_side_by_side
+
+
+class LabelledTestSet(Protocol):
+    """What ``measure_costs`` reads of its ``data``, a ``leanformer.data.CIFAR10`` (measure sits
+    below leanformer.data and does not import it): the test images and their labels."""
+
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
 
 
 @dataclass
@@ -38,14 +51,14 @@ class Cost:
     train_time_s: float | None = None
     train_epochs: float | None = None
     train_images_seen: int | None = None
-    notes: dict = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """The record as plain numbers, strings and dicts, ready for ``json.dump``."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, record: dict) -> "Cost":
+    def from_dict(cls, record: dict[str, Any]) -> Cost:
         """The record that ``to_dict`` wrote (after a trip through JSON, say)."""
         unknown = sorted(set(record) - {f.name for f in fields(cls)})
         if unknown:
@@ -55,7 +68,7 @@ class Cost:
         return cls(**{**record, **spreads, "notes": dict(record.get("notes") or {})})
 
 
-def training_cost(provenance: dict | None) -> tuple[float | None, float | None, int | None]:
+def training_cost(provenance: dict[str, Any] | None) -> tuple[float | None, float | None, int | None]:
     """(wall time in s, epochs, images seen) of training, from a checkpoint's provenance or the
     record ``fit`` attaches to a model; ``None`` for what the record does not hold."""
     if not provenance:
@@ -69,7 +82,7 @@ def training_cost(provenance: dict | None) -> tuple[float | None, float | None, 
     return seconds, epochs, seen
 
 
-def _quantized_parts(model):
+def _quantized_parts(model: nn.Module) -> list[str]:
     """Names of modules whose weights are not plain float tensors (quantized kernels)."""
     names = []
     for name, m in model.named_modules():
@@ -83,7 +96,8 @@ def _quantized_parts(model):
     return names
 
 
-def _file_size(model, shipped_file):
+def _file_size(model: nn.Module,
+               shipped_file: str | os.PathLike | None) -> tuple[int, str, str | None]:
     if shipped_file is not None:
         path = Path(shipped_file)
         return path.stat().st_size, path.suffix.lstrip(".") or "file", None
@@ -93,18 +107,20 @@ def _file_size(model, shipped_file):
         return size_on_disk(model), "torch.save", f"safetensors cannot hold these weights ({type(e).__name__})"
 
 
-def _uncompiled(model):
+def _uncompiled(model: nn.Module) -> nn.Module:
     """The eager module behind a compiled one (``torch.compile``'s wrapper, or
     ``leanformer.quantize.CompiledForCPU``): counting FLOPs through the compiled module would
     make it compile again on its next call."""
-    return getattr(model, "uncompiled", None) or getattr(model, "_orig_mod", model)
+    inner = getattr(model, "uncompiled", None) or getattr(model, "_orig_mod", None)
+    return inner if isinstance(inner, nn.Module) else model
 
 
-def measure_costs(models: dict[str, nn.Module], data=None, *, files: dict | None = None,
-                  precision: str | dict = "fp32", test_acc: dict | None = None,
+def measure_costs(models: dict[str, nn.Module], data: LabelledTestSet | None = None, *,
+                  files: dict[str, str | os.PathLike] | None = None,
+                  precision: str | dict[str, str] = "fp32", test_acc: dict[str, float] | None = None,
                   batch_size: int = 256, rounds: int = 5, latency_calls: int = 10,
                   throughput_calls: int = 2, warmup: int = 3, image_size: int = 32,
-                  inputs: dict | None = None) -> list[Cost]:
+                  inputs: dict[str, Callable[[int], torch.Tensor]] | None = None) -> list[Cost]:
     """Measure every model of ``models`` (a dict name -> model) side by side. Returns a list of
     ``Cost``, in the order given.
 
@@ -150,7 +166,8 @@ def measure_costs(models: dict[str, nn.Module], data=None, *, files: dict | None
         if quantized:
             cost.notes["flops"] = ("not counted: torch.utils.flop_counter does not count quantized "
                                    f"kernels ({', '.join(quantized[:3])}{', ...' if len(quantized) > 3 else ''})")
-        make = inputs.get(name) or (lambda n, m=model: _random_images(m, n, image_size))
+        make: Callable[[int], torch.Tensor] = (
+            inputs.get(name) or functools.partial(_random_images, model, image_size=image_size))
         if name in inputs:
             cost.notes["input"] = ("its own inputs (from `inputs`), not images: its FLOPs, latency "
                                    "and throughput are per input of that kind")
@@ -179,6 +196,7 @@ def measure_costs(models: dict[str, nn.Module], data=None, *, files: dict | None
     return list(costs.values())
 
 
-def measure_cost(model: nn.Module, data=None, name: str = "model", **kwargs) -> Cost:
+def measure_cost(model: nn.Module, data: LabelledTestSet | None = None, name: str = "model",
+                 **kwargs: Any) -> Cost:
     """``measure_costs`` for a single model."""
     return measure_costs({name: model}, data, **kwargs)[0]

@@ -2,13 +2,22 @@
 (``count_flops``), the same by formula for attention, MLP and block (``attention_flops``,
 ``mlp_flops``, ``block_flops``), and where a Vision Transformer's parameters and FLOPs sit
 (``component_costs``)."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import nn
 
 from .size import count_parameters
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def count_flops(model: nn.Module, *inputs, backward: bool = False) -> tuple[int, dict[str, int]]:
+
+def count_flops(model: nn.Module, *inputs: torch.Tensor,
+                backward: bool = False) -> tuple[int, dict[str, int]]:
     """FLOPs of one forward pass (plus its backward pass with ``backward=True``), counted by
     ``torch.utils.flop_counter``. One multiply-add counts as two FLOPs. Returns
     (total, {module name: flops}) for the top-level children of ``model``."""
@@ -17,7 +26,8 @@ def count_flops(model: nn.Module, *inputs, backward: bool = False) -> tuple[int,
     return total, top
 
 
-def _flop_counts(model, *inputs, backward=False):
+def _flop_counts(model: nn.Module, *inputs: torch.Tensor, backward: bool = False,
+                 ) -> tuple[int, dict[str, int]]:
     """(total, {fully qualified module name: flops}) with names as ``Root.child.grandchild``."""
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,7 +41,7 @@ def _flop_counts(model, *inputs, backward=False):
     return counter.get_total_flops(), per_module
 
 
-def _cpu_sdpa_flops():
+def _cpu_sdpa_flops() -> dict[Any, Callable[..., int]]:
     """FLOP formulas for the CPU kernels of ``F.scaled_dot_product_attention``, which
     ``torch.utils.flop_counter`` does not count (it knows the GPU kernels only): without them a
     fused ``Attention`` on a CPU would count only its projections. Same formulas as the GPU ones."""
@@ -72,7 +82,7 @@ def block_flops(tokens: int, dim: int, heads: int, head_dim: int, hidden: int) -
 
 # --- where the parameters and the FLOPs of a VisionTransformer sit ----------------------------
 
-def component_costs(model: nn.Module, image_size: int = 32):
+def component_costs(model: nn.Module, image_size: int = 32) -> pd.DataFrame:
     """Parameters and forward FLOPs per image of each part of a ``VisionTransformer``: the
     tokenizer (with the position embedding and class token), the attention and the MLP of every
     block (LayerNorms counted with their block), and the head (final LayerNorm, pooling, linear
@@ -80,7 +90,10 @@ def component_costs(model: nn.Module, image_size: int = 32):
     which is checked."""
     import pandas as pd
 
-    x = torch.zeros(1, model.cfg.in_chans, image_size, image_size)
+    # A VisionTransformer, read by its attributes: measure sits below leanformer.model and does
+    # not import it (tests/test_measure.py, RANKS).
+    vit: Any = model
+    x = torch.zeros(1, vit.cfg.in_chans, image_size, image_size)
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -88,19 +101,19 @@ def component_costs(model: nn.Module, image_size: int = 32):
     model.train(was_training)
     root = type(model).__name__
 
-    def flops(prefix):
+    def flops(prefix: str) -> int:
         name = f"{root}.{prefix}"
         return per_module.get(name, 0)
 
-    rows = [("tokenizer", "tokenizer", count_parameters(model.patch_embed) + model.pos_embed.numel()
-             + (model.cls_token.numel() if model.cls_token is not None else 0), flops("patch_embed"))]
-    for i, block in enumerate(model.blocks):
+    rows = [("tokenizer", "tokenizer", count_parameters(vit.patch_embed) + vit.pos_embed.numel()
+             + (vit.cls_token.numel() if vit.cls_token is not None else 0), flops("patch_embed"))]
+    for i, block in enumerate(vit.blocks):
         rows.append((f"block {i} attention", "attention",
                      count_parameters(block.attn) + count_parameters(block.norm1),
                      flops(f"blocks.{i}.attn")))
         rows.append((f"block {i} MLP", "MLP", count_parameters(block.mlp) + count_parameters(block.norm2),
                      flops(f"blocks.{i}.mlp")))
-    head = [m for m in (model.norm, model.attn_pool, model.head) if m is not None]
+    head = [m for m in (vit.norm, vit.attn_pool, vit.head) if m is not None]
     rows.append(("head", "head", sum(map(count_parameters, head)),
                  flops("head") + flops("attn_pool") + flops("norm")))
     df = pd.DataFrame(rows, columns=["component", "kind", "parameters", "flops"])

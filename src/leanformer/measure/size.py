@@ -19,14 +19,14 @@ def size_on_disk(model: nn.Module) -> int:
     return buffer.getbuffer().nbytes
 
 
-def safetensors_blob(tensors: dict) -> bytes:
+def safetensors_blob(tensors: dict[str, torch.Tensor]) -> bytes:
     """``tensors`` (name -> tensor) as the bytes of one .safetensors file, without metadata."""
     from safetensors.torch import save
 
     return save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
 
 
-def tensors_bytes(tensors: dict) -> int:
+def tensors_bytes(tensors: dict[str, torch.Tensor]) -> int:
     """Bytes of ``tensors`` written as one .safetensors file, without metadata."""
     return len(safetensors_blob(tensors))
 

@@ -1,18 +1,25 @@
 """Cost records as a table, with the same columns in every lesson: ``cost_table`` builds the
 pandas DataFrame, ``show_costs`` displays it formatted for reading, then the machine, how the
 timings were taken and the notes on what could not be measured."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from .cost import Cost
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def cost_table(costs: list[Cost], baseline: str | None = None):
+
+def cost_table(costs: list[Cost], baseline: str | None = None) -> pd.DataFrame:
     """The costs as a pandas DataFrame, one row per model, with the same columns in every
     lesson. With ``baseline`` (a model's name), add each model's throughput relative to it."""
     import pandas as pd
 
-    def mb(n):
+    def mb(n: int | None) -> float | None:
         return None if n is None else n / 1e6
 
-    rows = []
+    rows: list[dict[str, Any]] = []
     for c in costs:
         rows.append({
             "model": c.name,
@@ -30,13 +37,15 @@ def cost_table(costs: list[Cost], baseline: str | None = None):
         })
     df = pd.DataFrame(rows).set_index("model")
     if baseline is not None:
-        base = next(c for c in costs if c.name == baseline).throughput.median
-        df[f"throughput vs {baseline}"] = [c.throughput.median / base if c.throughput else None
+        base = next((c.throughput for c in costs if c.name == baseline), None)
+        if base is None:
+            raise ValueError(f"no model named {baseline!r} with a throughput to compare with")
+        df[f"throughput vs {baseline}"] = [c.throughput.median / base.median if c.throughput else None
                                           for c in costs]
     return df
 
 
-def show_costs(costs: list[Cost], baseline: str | None = None):
+def show_costs(costs: list[Cost], baseline: str | None = None) -> pd.DataFrame:
     """Display ``cost_table`` formatted for reading, then the machine and the notes."""
     from IPython import get_ipython
     from IPython.display import display
@@ -51,9 +60,13 @@ def show_costs(costs: list[Cost], baseline: str | None = None):
     else:
         display(styled)
     c = costs[0]
-    print(f"Timed side by side on {c.machine}; latency and throughput: median (min–max) over "
-          f"{c.latency_ms.n} single inputs and {c.throughput.n} batches of {c.batch_size} per model.")
-    notes = {}  # a note that several models share is printed once, with their names
+    if c.latency_ms is not None and c.throughput is not None:
+        print(f"Timed side by side on {c.machine}; latency and throughput: median (min–max) over "
+              f"{c.latency_ms.n} single inputs and {c.throughput.n} batches of {c.batch_size} per model.")
+    else:  # a record read back without timings
+        print(f"Measured on {c.machine}; not timed.")
+    # a note that several models share is printed once, with their names
+    notes: dict[tuple[str, str], list[str]] = {}
     for c in costs:
         for column, why in c.notes.items():
             notes.setdefault((column, why), []).append(c.name)

@@ -2,12 +2,15 @@
 (model A, model B, model A, ...) with the same thread count, so that a slow minute on a shared
 machine slows them all and their ratios hold. A timing is a ``Spread`` over its repeats.
 """
+from __future__ import annotations
+
 import statistics
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
+from torch import nn
 
 from ..precision import autocast, autocast_dtype
 
@@ -24,7 +27,7 @@ class Spread:
     n: int
 
     @classmethod
-    def of(cls, values) -> "Spread":
+    def of(cls, values: Iterable[float]) -> Spread:
         values = sorted(values)
         if len(values) >= 2:
             q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
@@ -32,7 +35,7 @@ class Spread:
             q1 = q3 = values[0]
         return cls(statistics.median(values), q1, q3, values[0], values[-1], len(values))
 
-    def overlaps(self, other: "Spread") -> bool:
+    def overlaps(self, other: Spread) -> bool:
         """Whether the two ranges (min to max) share any value: two timings that overlap are not
         told apart by this measurement."""
         return self.min <= other.max and other.min <= self.max
@@ -41,38 +44,40 @@ class Spread:
         return f"{self.median:,.{digits}f} ({self.min:,.{digits}f}–{self.max:,.{digits}f})"
 
 
-def _device_of(model):
+def _device_of(model: nn.Module) -> torch.device:
     for t in list(model.parameters()) + list(model.buffers()):
         return t.device
     return torch.device("cpu")
 
 
-def _input_dtype(model):
+def _input_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
         if p.is_floating_point():
             return p.dtype
     return torch.float32
 
 
-def _random_images(model, batch_size, image_size=32):
+def _random_images(model: nn.Module, batch_size: int, image_size: int = 32) -> torch.Tensor:
     return torch.rand(batch_size, 3, image_size, image_size, device=_device_of(model)).to(
         _input_dtype(model))
 
 
-def _runner(model, precision, make_input):
+def _runner(model: nn.Module, precision: str,
+            make_input: Callable[[], torch.Tensor]) -> Callable[[], None]:
     """A no-argument function that runs ``model`` on one input batch as it would be served."""
     device = _device_of(model)
     x = make_input()
     dtype = autocast_dtype(precision, device) if precision in ("fp32", "bf16", "fp16") else None
 
-    def run():
+    def run() -> None:
         with torch.inference_mode(), autocast(dtype, device):
             model(x)
 
     return run
 
 
-def time_side_by_side(runs: dict[str, tuple[Callable, Callable]], batch_size: int, rounds: int,
+def time_side_by_side(runs: Mapping[str, tuple[Callable[[], object], Callable[[], object]]],
+                      batch_size: int, rounds: int,
                       latency_calls: int, throughput_calls: int,
                       warmup: int) -> dict[str, tuple[Spread, Spread]]:
     """Time every entry of ``runs`` ({name: (run one input, run a batch of ``batch_size``)}),
@@ -83,7 +88,7 @@ def time_side_by_side(runs: dict[str, tuple[Callable, Callable]], batch_size: in
         for _ in range(warmup):
             one()
         many()
-    samples = {name: ([], []) for name in runs}
+    samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in runs}
     for _ in range(rounds):
         for name, (one, many) in runs.items():
             for _ in range(latency_calls):

@@ -10,7 +10,7 @@ training, and saving and loading each result. One module per job, from the botto
     fake         fake quantization of a model's weights and layer inputs; per-layer sensitivity
     compiled     compile_for_cpu and the CompiledForCPU wrapper it returns
     library      the torchao, legacy and PT2E paths, PATHS and quantize_model
-    qat          quantization-aware training and the intx model built from its weights
+    qat          quantization-aware training, the intx model built from its weights and its IntxScheme
     safety       the checks that a .pt2 file holds nothing that could run code
     saving       save_quantized, load_quantized and the file format
 
@@ -23,7 +23,7 @@ from .compiled import CompiledForCPU, compile_for_cpu
 from .library import (PATHS, TORCHAO_CONFIGS, has_legacy_quantize_dynamic, legacy_quantize_dynamic,
                       machine_int8_support, pt2e_quantize, quantize_model, torchao_config,
                       torchao_quantize)
-from .qat import convert_qat, intx_quantize, intx_scheme, prepare_qat, qat_configs
+from .qat import IntxScheme, convert_qat, intx_quantize, intx_scheme, prepare_qat, qat_configs
 from .saving import QFORMAT, load_quantized, save_quantized, tensor_bytes_in_file
 
 __all__ = [
@@ -39,7 +39,7 @@ __all__ = [
     "machine_int8_support", "TORCHAO_CONFIGS", "torchao_config", "torchao_quantize",
     "has_legacy_quantize_dynamic", "legacy_quantize_dynamic", "pt2e_quantize", "PATHS", "quantize_model",
     # qat
-    "qat_configs", "prepare_qat", "convert_qat", "intx_scheme", "intx_quantize",
+    "qat_configs", "prepare_qat", "convert_qat", "intx_scheme", "IntxScheme", "intx_quantize",
     # saving
     "QFORMAT", "save_quantized", "load_quantized", "tensor_bytes_in_file",
 ]

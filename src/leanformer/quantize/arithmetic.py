@@ -21,10 +21,12 @@ per row), y ≈ s_x s_w [(q_x - z_x) q_w^T] + b. The bracket is a product of int
 int32 (a sum of k products of two int8 values needs up to 2 * 7 + log2(k) bits), and is rescaled
 to float once per output. That is what the int8 kernels (VNNI, AMX) compute.
 """
+from __future__ import annotations
+
 import torch
 
 
-def int_range(bits: int, symmetric: bool = False):
+def int_range(bits: int, symmetric: bool = False) -> tuple[int, int]:
     """(q_min, q_max) of a signed ``bits``-bit integer; symmetric drops the lowest value, so that
     the range is centred on 0 (int8: -127..127)."""
     if not 2 <= bits <= 16:
@@ -33,7 +35,7 @@ def int_range(bits: int, symmetric: bool = False):
     return (-q_max if symmetric else -q_max - 1), q_max
 
 
-def _reduce(x, fn, dim):
+def _reduce(x: torch.Tensor, fn: str, dim: int | None) -> torch.Tensor:
     """``fn`` ("amin"/"amax") over all of ``x``, or over every dimension except ``dim`` (kept
     for broadcasting)."""
     if dim is None:
@@ -43,7 +45,8 @@ def _reduce(x, fn, dim):
 
 
 def quant_params(x: torch.Tensor, bits: int = 8, symmetric: bool = True, dim: int | None = None,
-                 lo: torch.Tensor | None = None, hi: torch.Tensor | None = None):
+                 lo: torch.Tensor | float | None = None,
+                 hi: torch.Tensor | float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero-point that cover ``x`` (or the given range ``lo``..``hi``).
 
     dim: None for one scale for the whole tensor (per tensor); 0 for one per output channel
@@ -66,25 +69,30 @@ def quant_params(x: torch.Tensor, bits: int = 8, symmetric: bool = True, dim: in
     return scale, zero_point
 
 
-def quantize(x, scale, zero_point, bits: int = 8, symmetric: bool = True):
+def quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int, bits: int = 8,
+             symmetric: bool = True) -> torch.Tensor:
     """Integers q = clamp(round(x / s) + z): int8 up to 8 bits, int16 above."""
     q_min, q_max = int_range(bits, symmetric)
     q = torch.clamp(torch.round(x.float() / scale) + zero_point, q_min, q_max)
     return q.to(torch.int8 if bits <= 8 else torch.int16)
 
 
-def dequantize(q, scale, zero_point):
+def dequantize(q: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int) -> torch.Tensor:
     """Back to float: x_hat = s * (q - z)."""
     return scale * (q.float() - zero_point)
 
 
-def fake_quantize(x, bits: int = 8, symmetric: bool = True, dim: int | None = None, lo=None, hi=None):
+def fake_quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = True, dim: int | None = None,
+                  lo: torch.Tensor | float | None = None,
+                  hi: torch.Tensor | float | None = None) -> torch.Tensor:
     """``x`` after a quantize/dequantize round trip: float values that lie on the integer grid."""
     scale, zero_point = quant_params(x, bits, symmetric, dim, lo, hi)
     return dequantize(quantize(x, scale, zero_point, bits, symmetric), scale, zero_point).to(x.dtype)
 
 
-def int8_linear(x, weight, bias=None, x_range=None):
+def int8_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                x_range: tuple[torch.Tensor | float, torch.Tensor | float] | None = None,
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """y = x W^T + b computed as an int8 kernel does it, written out.
 
     The input is quantized affine per tensor (over ``x_range`` = (lo, hi) if given, as a static

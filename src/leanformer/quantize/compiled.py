@@ -1,14 +1,21 @@
 """Compiling a (quantized) model for the CPU with ``torch.compile``: one static graph per batch
 size, compiled up front, and a wrapper that runs any batch on those graphs."""
+from __future__ import annotations
+
 import time
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from ..measure.size import count_parameters
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
-def _example(batch_size=256):
+
+def _example(batch_size: int = 256) -> torch.Tensor:
     return torch.rand(batch_size, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
 
@@ -18,34 +25,34 @@ class CompiledForCPU(nn.Module):
     of the largest compiled size and the last piece padded to the smallest size that holds it,
     so that any batch runs on the compiled graphs and nothing is compiled again."""
 
-    def __init__(self, model, batch_sizes, freezing):
+    def __init__(self, model: nn.Module, batch_sizes: Iterable[int], freezing: bool) -> None:
         super().__init__()
         self.model = model
         self._compiled = [torch.compile(model, dynamic=False)]  # in a list: not a submodule to train()
         self.batch_sizes = sorted(batch_sizes)
         self.freezing = freezing
-        self.quantization = getattr(model, "quantization", None) or {
+        self.quantization: dict[str, Any] = getattr(model, "quantization", None) or {
             "path": "float", "kind": "fp32", "parameters": count_parameters(model)}
         self.provenance = getattr(model, "provenance", None)  # the training record, for measure_costs
         super().train(False)
 
-    def train(self, mode: bool = True):
+    def train(self, mode: bool = True) -> Self:
         """Stays in eval mode: the graphs were compiled for inference, and switching the model
         (its dropout, say) to training would make them compile again."""
         return super().train(False)
 
     @property
-    def uncompiled(self):
+    def uncompiled(self) -> nn.Module:
         """The model as it was before compiling (what ``measure_costs`` counts FLOPs on)."""
         return self.model
 
-    def _run(self, x):
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
         import torch._inductor.config as inductor_config
 
         with inductor_config.patch(freezing=self.freezing):
             return self._compiled[0](x)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The graphs were compiled without gradients for ordinary tensors. A tensor made under
         # torch.inference_mode carries other dispatch keys, and a call with gradients on is
         # another global state: either would make every graph compile again.
@@ -64,7 +71,8 @@ class CompiledForCPU(nn.Module):
             return torch.cat(out)
 
 
-def compile_for_cpu(model, batch_sizes=(1, 256), freezing=True):
+def compile_for_cpu(model: nn.Module, batch_sizes: Iterable[int] = (1, 256),
+                    freezing: bool = True) -> tuple[CompiledForCPU, float]:
     """``torch.compile`` ``model`` for inference, and compile it now, once per batch size in
     ``batch_sizes``. With ``freezing`` Inductor treats the weights as constants: it folds the
     dequantize steps into prepacked int8 weights and picks the int8 kernels

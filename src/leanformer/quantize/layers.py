@@ -1,15 +1,23 @@
 """Where a model's numbers live: the layers that hold weight matrices, the inputs they see on
 some images (caught with forward hooks) and the ranges of those inputs, and how a vision
 transformer's FLOPs split between the kinds of layers that the quantized paths treat apart."""
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from ..measure.flops import _flop_counts
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 QUANTIZABLE = (nn.Linear, nn.Conv2d)
 
 
-def quantizable_layers(model, tokenizer: bool = True):
+def quantizable_layers(model: nn.Module, tokenizer: bool = True) -> dict[str, nn.Linear | nn.Conv2d]:
     """{name: module} of the layers that hold weight matrices (Linear and Conv2d), in order.
     ``tokenizer=False`` leaves out the convolutions of the tokenizer (``patch_embed``)."""
     return {name: m for name, m in model.named_modules()
@@ -17,7 +25,8 @@ def quantizable_layers(model, tokenizer: bool = True):
 
 
 @torch.no_grad()
-def _see_inputs(model, images, names, see, batch_size):
+def _see_inputs(model: nn.Module, images: torch.Tensor, names: Collection[str],
+                see: Callable[[str, torch.Tensor], None], batch_size: int) -> None:
     """Run ``model`` over ``images`` (uint8 or float in [0, 1]) and call ``see(name, input)`` with
     the input of every layer named in ``names``."""
     layers = dict(model.named_modules())
@@ -36,21 +45,23 @@ def _see_inputs(model, images, names, see, batch_size):
             h.remove()
 
 
-def capture_inputs(model, images, names, batch_size=500):
+def capture_inputs(model: nn.Module, images: torch.Tensor, names: Collection[str],
+                   batch_size: int = 500) -> dict[str, torch.Tensor]:
     """{name: the input tensor of that layer} over ``images``, caught with forward hooks; each is
     the concatenation over batches (keep ``images`` small)."""
-    caught = {n: [] for n in names}
+    caught: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     _see_inputs(model, images, names, lambda n, x: caught[n].append(x.float()), batch_size)
     return {n: torch.cat(v) for n, v in caught.items()}
 
 
-def activation_ranges(model, images, names=None, batch_size=500):
+def activation_ranges(model: nn.Module, images: torch.Tensor, names: Iterable[str] | None = None,
+                      batch_size: int = 500) -> dict[str, tuple[float, float]]:
     """{name: (min, max)} of the inputs that each layer sees on ``images``: the calibration a
     static scheme needs. Kept as running extremes, so any number of images fits in memory."""
     names = list(quantizable_layers(model)) if names is None else list(names)
-    ranges = {}
+    ranges: dict[str, tuple[float, float]] = {}
 
-    def keep(n, x):
+    def keep(n: str, x: torch.Tensor) -> None:
         lo, hi = x.min().item(), x.max().item()
         old = ranges.get(n, (lo, hi))
         ranges[n] = (min(old[0], lo), max(old[1], hi))
@@ -59,7 +70,7 @@ def activation_ranges(model, images, names=None, batch_size=500):
     return ranges
 
 
-def flops_by_kind(model, image_size=32):
+def flops_by_kind(model: nn.Module, image_size: int = 32) -> pd.DataFrame:
     """Forward FLOPs per image of a ``VisionTransformer`` split by what the quantized paths do
     with them: the Linear layers (int8 in every path here), the tokenizer's convolutions (int8
     only where the path quantizes convolutions, as PT2E does) and the attention products Q K^T
@@ -82,7 +93,7 @@ def flops_by_kind(model, image_size=32):
     return df
 
 
-def _linear_only(tokenizer: bool):
-    def keep(module, fqn):
+def _linear_only(tokenizer: bool) -> Callable[[nn.Module, str], bool]:
+    def keep(module: nn.Module, fqn: str) -> bool:
         return isinstance(module, nn.Linear) and (tokenizer or not fqn.startswith("patch_embed"))
     return keep

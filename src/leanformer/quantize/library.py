@@ -2,7 +2,11 @@
 ``quantize_dynamic``, and PT2E static quantization with the x86 Inductor quantizer; ``PATHS``
 names each, and ``quantize_model`` runs one (and compiles the result on request). Also what this
 machine's processor offers for int8 arithmetic."""
+from __future__ import annotations
+
 import copy
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -12,13 +16,16 @@ from ..measure.size import count_parameters
 from .compiled import _example, compile_for_cpu
 from .layers import _linear_only
 
+if TYPE_CHECKING:
+    from torchao.core.config import AOBaseConfig
 
-def machine_int8_support():
+
+def machine_int8_support() -> dict[str, bool | str]:
     """What this machine's processor offers for int8 and bf16 arithmetic, from its flags:
     a dict with 'vnni' (AVX512-VNNI or AVX-VNNI: int8 dot products), 'amx_int8', 'amx_bf16' and
     'avx512_bf16' as booleans, and a 'summary' sentence."""
     flags = set(cpu_flags())
-    info = {"avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
+    info: dict[str, bool | str] = {"avx512_vnni": "avx512_vnni" in flags, "avx_vnni": "avx_vnni" in flags,
             "amx_int8": "amx_int8" in flags, "amx_bf16": "amx_bf16" in flags,
             "avx512_bf16": "avx512_bf16" in flags}
     int8 = ("AMX-INT8 tiles" if info["amx_int8"] else "AVX512-VNNI" if info["avx512_vnni"]
@@ -33,7 +40,7 @@ def machine_int8_support():
 TORCHAO_CONFIGS = ("int8-dynamic", "int8-weight-only", "int4-weight-only")
 
 
-def torchao_config(kind: str):
+def torchao_config(kind: str) -> AOBaseConfig:
     """The torchao config object for ``kind``: "int8-dynamic" (int8 weights per channel, int8
     activations quantized per token at run time), "int8-weight-only" (int8 weights, float
     activations), "int4-weight-only" (4-bit weights in groups of 32)."""
@@ -51,18 +58,20 @@ def torchao_config(kind: str):
     raise ValueError(f"unknown torchao kind {kind!r}; choose one of {', '.join(TORCHAO_CONFIGS)}")
 
 
-def torchao_quantize(model, kind: str = "int8-dynamic"):
+def torchao_quantize(model: nn.Module, kind: str = "int8-dynamic") -> nn.Module:
     """A copy of ``model`` with its Linear layers quantized by torchao's ``quantize_``. torchao's
     configs quantize Linear layers only: the tokenizer's convolutions stay in float."""
     from torchao.quantization import quantize_
 
     out = copy.deepcopy(model).eval()
     quantize_(out, torchao_config(kind), filter_fn=_linear_only(True))
-    out.quantization = {"path": "torchao", "kind": kind, "parameters": count_parameters(model)}
+    # setattr: nn.Module.__setattr__ is annotated for tensors and modules only, though it keeps
+    # any other value as a plain attribute.
+    setattr(out, "quantization", {"path": "torchao", "kind": kind, "parameters": count_parameters(model)})
     return out
 
 
-def has_legacy_quantize_dynamic():
+def has_legacy_quantize_dynamic() -> bool:
     """Whether this PyTorch still has the eager-mode ``torch.ao.quantization.quantize_dynamic``
     (deprecated: its successor is torchao)."""
     try:
@@ -72,7 +81,7 @@ def has_legacy_quantize_dynamic():
     return torch.backends.quantized.engine != "none"
 
 
-def legacy_quantize_dynamic(model):
+def legacy_quantize_dynamic(model: nn.Module) -> nn.Module:
     """The legacy eager path: Linear layers become ``torch.ao.nn.quantized.dynamic.Linear``
     (int8 weights per tensor, activations quantized at run time by fbgemm/oneDNN kernels)."""
     if not has_legacy_quantize_dynamic():
@@ -84,11 +93,13 @@ def legacy_quantize_dynamic(model):
         warnings.simplefilter("ignore")  # its deprecation notice; the lesson says it in words
         out = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear},
                                                      dtype=torch.qint8)
-    out.quantization = {"path": "legacy", "kind": "int8-dynamic", "parameters": count_parameters(model)}
+    setattr(out, "quantization", {"path": "legacy", "kind": "int8-dynamic",
+                                  "parameters": count_parameters(model)})
     return out
 
 
-def pt2e_quantize(model, calibration_images, batch_size=256, max_batch=1024):
+def pt2e_quantize(model: nn.Module, calibration_images: torch.Tensor, batch_size: int = 256,
+                  max_batch: int = 1024) -> torch.fx.GraphModule:
     """PT2E static int8: ``torch.export`` the model, let ``X86InductorQuantizer`` annotate it
     (convolutions and Linear layers: int8 weights per channel, int8 activations per tensor with
     ranges fixed by calibration), observe ``calibration_images`` (uint8 or float in [0, 1]) and
@@ -111,12 +122,13 @@ def pt2e_quantize(model, calibration_images, batch_size=256, max_batch=1024):
             prepared(x.float().div(255) if x.dtype == torch.uint8 else x.float())
     converted = _drop_unused(convert_pt2e(prepared))
     allow_exported_model_train_eval(converted)  # .eval() is then a no-op, as for any served model
-    converted.provenance = getattr(model, "provenance", None)
-    converted.quantization = {"path": "pt2e", "kind": "int8-static", "parameters": count_parameters(model)}
+    setattr(converted, "provenance", getattr(model, "provenance", None))
+    setattr(converted, "quantization", {"path": "pt2e", "kind": "int8-static",
+                                        "parameters": count_parameters(model)})
     return converted
 
 
-def _drop_unused(graph_module):
+def _drop_unused(graph_module: torch.fx.GraphModule) -> torch.fx.GraphModule:
     """Remove the parameters and buffers that no node of the graph reads. ``convert_pt2e``
     leaves the float weights attached beside their int8 copies; only the int8 ones are used."""
     used = {node.target for node in graph_module.graph.nodes if node.op == "get_attr"}
@@ -127,22 +139,29 @@ def _drop_unused(graph_module):
     return graph_module
 
 
-# The int8 paths by name, each a function (float model, calibration images) -> quantized copy.
-PATHS = {
+def _calibrated_pt2e(model: nn.Module, calibration_images: torch.Tensor | None) -> nn.Module:
+    """``pt2e_quantize``, refusing to run without the calibration images it needs."""
+    if calibration_images is None:
+        raise ValueError("PT2E static quantization needs calibration_images (uint8 or float in [0, 1])")
+    return pt2e_quantize(model, calibration_images)
+
+
+# The int8 paths by name, each a function (float model, calibration images) -> quantized copy;
+# only PT2E uses the images, the others take None.
+PATHS: dict[str, Callable[[nn.Module, torch.Tensor | None], nn.Module]] = {
     "torchao int8 dynamic": lambda model, images: torchao_quantize(model, "int8-dynamic"),
     "torchao int8 weight-only": lambda model, images: torchao_quantize(model, "int8-weight-only"),
-    "PT2E static int8": lambda model, images: pt2e_quantize(model, images),
+    "PT2E static int8": _calibrated_pt2e,
     "legacy quantize_dynamic": lambda model, images: legacy_quantize_dynamic(model),
 }
 
 
-def quantize_model(model, path: str, calibration_images=None, compile: bool = False):
+def quantize_model(model: nn.Module, path: str, calibration_images: torch.Tensor | None = None,
+                   compile: bool = False) -> tuple[nn.Module, float | None]:
     """A quantized copy of ``model`` by the int8 path named ``path`` (a key of ``PATHS``), and
     with ``compile`` compiled for this CPU. Returns (model, compile seconds or None)."""
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}; choose one of {', '.join(PATHS)}")
-    if path.startswith("PT2E") and calibration_images is None:
-        raise ValueError("PT2E static quantization needs calibration_images (uint8 or float in [0, 1])")
     quantized = PATHS[path](model, calibration_images)
     if not compile:
         return quantized, None

@@ -1,6 +1,9 @@
 """Quantization-aware training with torchao's fake quantizers (``prepare_qat``, ``convert_qat``),
 and the low-bit (intx) quantized model built from its weights (``intx_quantize``)."""
+from __future__ import annotations
+
 import copy
+from typing import TYPE_CHECKING, TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -8,8 +11,22 @@ from torch import nn
 from ..measure.size import count_parameters
 from .layers import _linear_only
 
+if TYPE_CHECKING:
+    from torchao.quantization.qat import IntxFakeQuantizeConfig
 
-def qat_configs(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True):
+_M = TypeVar("_M", bound=nn.Module)
+
+
+class IntxScheme(TypedDict):
+    """What ``intx_scheme`` returns: the settings of an intx model, as a saved file records them."""
+
+    weight_bits: int
+    group_size: int | None
+    activations: bool
+
+
+def qat_configs(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True,
+                ) -> tuple[IntxFakeQuantizeConfig | None, IntxFakeQuantizeConfig]:
     """torchao fake-quantization configs (activation, weight) for quantization-aware training:
     weights symmetric at ``weight_bits`` in groups of ``group_size`` along each row (None: one
     scale per row), and, with ``activations``, every Linear input quantized to int8 per token
@@ -24,7 +41,8 @@ def qat_configs(weight_bits: int = 4, group_size: int | None = 32, activations: 
     return act, weight
 
 
-def prepare_qat(model, weight_bits: int = 4, group_size: int | None = 32, activations: bool = True):
+def prepare_qat(model: _M, weight_bits: int = 4, group_size: int | None = 32,
+                activations: bool = True) -> _M:
     """Put fake quantizers on every Linear layer of ``model``, in place (torchao's
     ``QATConfig(step="prepare")``): the forward pass rounds as the quantized model will, and the
     backward pass lets gradients through the rounding unchanged (the straight-through estimator).
@@ -35,11 +53,14 @@ def prepare_qat(model, weight_bits: int = 4, group_size: int | None = 32, activa
     act, weight = qat_configs(weight_bits, group_size, activations)
     quantize_(model, QATConfig(activation_config=act, weight_config=weight, step="prepare"),
               filter_fn=_linear_only(True))
-    model.qat = {"weight_bits": weight_bits, "group_size": group_size, "activations": activations}
+    # setattr: nn.Module.__setattr__ is annotated for tensors and modules only, though it keeps
+    # any other value as a plain attribute.
+    setattr(model, "qat", {"weight_bits": weight_bits, "group_size": group_size,
+                           "activations": activations})
     return model
 
 
-def convert_qat(model):
+def convert_qat(model: _M) -> _M:
     """Take the fake quantizers off again (``QATConfig(step="convert")``): plain float layers
     whose weights were trained to survive the rounding. Save them as any float model; the
     quantized model is rebuilt from them in seconds (``intx_quantize``)."""
@@ -50,7 +71,8 @@ def convert_qat(model):
     return model
 
 
-def intx_scheme(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True) -> dict:
+def intx_scheme(weight_bits: int = 4, group_size: int | None = 32,
+                activations: bool = True) -> IntxScheme:
     """The settings that ``intx_quantize`` builds a model from, checked, as a plain dict (what a
     saved file's header records): ``weight_bits`` from 1 to 8, ``group_size`` a positive number
     of weights per scale along a row or None (or 0) for one scale per row, ``activations``
@@ -84,6 +106,6 @@ def intx_quantize(model: nn.Module, weight_bits: int = 4, group_size: int | None
               if activations else IntxWeightOnlyConfig(weight_dtype=dtype, granularity=granularity))
     out = copy.deepcopy(model).eval()
     quantize_(out, config, filter_fn=_linear_only(True))
-    out.quantization = {"path": "torchao", "kind": f"int{weight_bits}-intx", "scheme": scheme,
-                        "parameters": count_parameters(model)}
+    setattr(out, "quantization", {"path": "torchao", "kind": f"int{weight_bits}-intx",
+                                  "scheme": scheme, "parameters": count_parameters(model)})
     return out

@@ -1,10 +1,15 @@
 """What in an exported program file (``.pt2``) could run code when ``torch.export.load`` reads
 it: such a file is refused before torch sees it. (A ``.pt`` file is read with ``weights_only=True``
 instead, in ``saving``.)"""
+from __future__ import annotations
+
 import io
 import json
 import re
 import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,7 +27,7 @@ _SAFE_EXPR_WORDS = {"Symbol", "Integer", "positive", "integer", "True", "False",
                     "Min", "Mod", "FloorDiv", "CeilDiv", "CleanDiv", "PythonMod", "IntTrueDiv"}
 
 
-def _safe_expression(text):
+def _safe_expression(text: object) -> bool:
     """Whether ``text`` is a shape expression that sympy can evaluate without running anything
     but sympy's arithmetic: shape symbols (s0, u3), integers, operators and the functions in
     ``_SAFE_EXPR_WORDS``; no attributes, no subscripts, no other names."""
@@ -35,7 +40,7 @@ def _safe_expression(text):
                for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", bare))
 
 
-def _json_values(tree, key):
+def _json_values(tree: Any, key: str) -> Iterator[Any]:
     """Every value stored under ``key`` anywhere in a parsed JSON tree."""
     if isinstance(tree, dict):
         for k, v in tree.items():
@@ -47,7 +52,7 @@ def _json_values(tree, key):
             yield from _json_values(v, key)
 
 
-def _refuse_code_in_program(path, blob):
+def _refuse_code_in_program(path: Path, blob: bytes) -> None:
     """Raise ``CheckpointError`` unless the ``.pt2`` archive in ``blob`` holds only what an
     exported int8 program needs (see ``_SAFE_TARGET``): nothing in it may run as code."""
     try:
@@ -61,7 +66,7 @@ def _refuse_code_in_program(path, blob):
                               "any: re-export the model with pt2e_quantize and save it with save_quantized.")
 
 
-def _code_in_program(archive):
+def _code_in_program(archive: zipfile.ZipFile) -> str | None:
     """What in a ``.pt2`` archive could run code when loaded, in words; None if nothing."""
     for name in archive.namelist():
         folder, file = f"/{name}".rsplit("/", 1)
@@ -83,7 +88,7 @@ def _code_in_program(archive):
     return None
 
 
-def _code_in_graph(program):
+def _code_in_graph(program: Any) -> str | None:
     """What in a serialized program (parsed JSON) could run code, in words; None if nothing."""
     if not isinstance(program, dict):
         return None

@@ -1,12 +1,16 @@
 """The file format of a quantized model: ``save_quantized`` writes a torchao, intx or legacy
 model as tensors and a JSON header (``.pt``) and a PT2E model as an exported program (``.pt2``),
 optionally gzipped; ``load_quantized`` rebuilds and checks it, running nothing from the file."""
+from __future__ import annotations
+
 import gzip
 import io
 import json
+import os
 import pickle
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,14 +20,14 @@ from ..files import atomic_write
 from ..model import ViTConfig, VisionTransformer
 from .compiled import _example
 from .library import TORCHAO_CONFIGS, legacy_quantize_dynamic, torchao_quantize
-from .qat import intx_quantize, intx_scheme
+from .qat import IntxScheme, intx_quantize, intx_scheme
 from .safety import _refuse_code_in_program
 
 
 QFORMAT = "leanformer-quantized/1"
 
 
-def save_quantized(model: nn.Module, path, source: nn.Module | None = None) -> Path:
+def save_quantized(model: nn.Module, path: str | os.PathLike, source: nn.Module | None = None) -> Path:
     """Write a quantized model (from ``torchao_quantize``, ``intx_quantize``,
     ``legacy_quantize_dynamic`` or ``pt2e_quantize``) to ``path``, atomically; a path ending in
     ``.gz`` is gzipped.
@@ -59,7 +63,7 @@ def save_quantized(model: nn.Module, path, source: nn.Module | None = None) -> P
     return path
 
 
-def _archive(path):
+def _archive(path: str | os.PathLike) -> bytes:
     """The bytes of a saved model file, gunzipped if its name ends in ``.gz``."""
     blob = Path(path).read_bytes()
     if Path(path).suffix == ".gz":
@@ -70,7 +74,7 @@ def _archive(path):
     return blob
 
 
-def tensor_bytes_in_file(path) -> int:
+def tensor_bytes_in_file(path: str | os.PathLike) -> int:
     """Bytes of the tensors inside a quantized model file, before any gzip and without the
     file's structure (the pickled layout of a ``torch.save`` file, the graph and the example
     input of an exported program): both are zip archives whose tensors lie in entries under
@@ -80,7 +84,7 @@ def tensor_bytes_in_file(path) -> int:
                    if "/data/" in f"/{i.filename}" and "sample_inputs" not in i.filename)
 
 
-def load_quantized(path) -> tuple[nn.Module, dict]:
+def load_quantized(path: str | os.PathLike) -> tuple[nn.Module, dict[str, Any]]:
     """Load a file written by ``save_quantized``: (model, record), the record as the saved
     model's ``quantization``. A PT2E file comes back as the exported program's module (compile
     it for speed). Nothing in the file runs as code: a ``.pt`` file is read with
@@ -100,12 +104,15 @@ def load_quantized(path) -> tuple[nn.Module, dict]:
     except RuntimeError as e:
         raise CheckpointError(f"{path}: its tensors do not fit the model its header describes "
                               f"({e}); re-save it with save_quantized.") from None
-    record = {k: header[k] for k in ("path", "kind", "scheme", "parameters") if k in header}
-    model.quantization = record
+    record: dict[str, Any] = {k: header[k] for k in ("path", "kind", "scheme", "parameters")
+                              if k in header}
+    # setattr: nn.Module.__setattr__ is annotated for tensors and modules only, though it keeps
+    # any other value as a plain attribute.
+    setattr(model, "quantization", record)
     return model.eval(), dict(record)
 
 
-def _read_saved(path, blob):
+def _read_saved(path: Path, blob: bytes) -> tuple[dict[str, Any], dict[str, Any]]:
     """(state dict, header) of a ``.pt`` file, unpickled with ``weights_only=True``."""
     import torchao.quantization  # noqa: F401  (registers torchao's tensor types as safe to unpickle)
 
@@ -140,7 +147,7 @@ def _read_saved(path, blob):
     return state, header
 
 
-def _skeleton(path, header):
+def _skeleton(path: Path, header: dict[str, Any]) -> nn.Module:
     """The quantized model that the header describes, with the float model's weights
     untrained: ``load_state_dict`` then puts the file's tensors in place."""
     try:
@@ -161,11 +168,11 @@ def _skeleton(path, header):
                           "(expected torchao, legacy, or a .pt2 file for pt2e).")
 
 
-def _saved_intx_scheme(path, header):
+def _saved_intx_scheme(path: Path, header: dict[str, Any]) -> IntxScheme:
     """The ``intx_scheme`` that the header records for an ``intN-intx`` model, checked."""
-    scheme = header.get("scheme")
-    missing = [k for k in ("weight_bits", "group_size", "activations")
-               if not isinstance(scheme, dict) or k not in scheme]
+    saved = header.get("scheme")
+    saved = saved if isinstance(saved, dict) else {}
+    missing = [k for k in ("weight_bits", "group_size", "activations") if k not in saved]
     if missing:
         raise CheckpointError(
             f"{path} holds a {header['kind']} model but its header does not record "
@@ -173,7 +180,7 @@ def _saved_intx_scheme(path, header):
             "the model cannot be rebuilt without it. Re-save it: save_quantized(intx_quantize(float_model, "
             "weight_bits, group_size, activations), path, source=float_model).")
     try:
-        scheme = intx_scheme(scheme["weight_bits"], scheme["group_size"], scheme["activations"])
+        scheme = intx_scheme(saved["weight_bits"], saved["group_size"], saved["activations"])
     except ValueError as e:
         raise CheckpointError(f"{path}: its header's scheme is not valid ({e}); re-save it with save_quantized.") from None
     if header["kind"] != f"int{scheme['weight_bits']}-intx":
@@ -182,7 +189,7 @@ def _saved_intx_scheme(path, header):
     return scheme
 
 
-def _check_fits(path, expected, saved):
+def _check_fits(path: Path, expected: dict[str, Any], saved: dict[str, Any]) -> None:
     """Refuse tensors of another kind than the rebuilt model's: ``load_state_dict`` with
     ``assign=True`` would put them in place silently, and the model would no longer be the one
     its header describes (another tensor type, or scales in other groups)."""
@@ -198,7 +205,7 @@ def _check_fits(path, expected, saved):
                 "re-save the model with save_quantized.")
 
 
-def _load_exported(path, blob):
+def _load_exported(path: Path, blob: bytes) -> tuple[nn.Module, dict[str, Any]]:
     """The module of an exported program (``.pt2``), once ``_refuse_code_in_program`` passed it."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
@@ -209,5 +216,6 @@ def _load_exported(path, blob):
         raise CheckpointError(f"{path} is not a readable exported program ({type(e).__name__}: {e}).") from None
     module = program.module()
     allow_exported_model_train_eval(module)
-    module.quantization = {"path": "pt2e", "kind": "int8-static"}
-    return module, dict(module.quantization)
+    record = {"path": "pt2e", "kind": "int8-static"}
+    setattr(module, "quantization", record)
+    return module, dict(record)
