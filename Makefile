@@ -37,11 +37,11 @@ lab: $(INSTALLED)
 
 ## Re-execute every lesson in place, top to bottom in quick mode, to refresh its outputs.
 notebooks: $(INSTALLED)
-	$(TEST_ENV) $(PY) -m leanformer execute-notebooks notebooks/[0-9]*.ipynb
+	$(TEST_ENV) $(PY) tools/notebooks.py execute notebooks/[0-9]*.ipynb
 
-## Rewrite the Colab badges and set-up cells from _config.yml.
+## Rewrite the Colab badges and set-up cells from _config.yml (book tooling in tools/, not the course's command line).
 stamp: $(INSTALLED)
-	$(PY) -m leanformer stamp-notebooks
+	$(PY) tools/notebooks.py stamp
 
 ## Training throughput of the reference model against a naive nn.TransformerEncoder model.
 benchmark: $(INSTALLED)

@@ -42,6 +42,45 @@ def tiny_folder(tmp_path_factory):
     return root
 
 
+
+@pytest.fixture(scope="session")
+def make_tiny_vit():
+    """``make_tiny_vit(seed)``: a one-block Vision Transformer (conv tokenizer, 32 wide, 2 heads,
+    64 MLP units) in eval mode, its weights drawn from ``seed``: a model file in milliseconds."""
+    def make(seed=0):
+        import torch
+
+        from leanformer.model import ViTConfig, VisionTransformer
+
+        torch.manual_seed(seed)
+        return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
+                                           depth=1, num_heads=2)).eval()
+
+    return make
+
+
+@pytest.fixture
+def misfit_model_file(tmp_path, make_tiny_vit):
+    """A model file whose weights do not fit the config it records (blocks.0.mlp.fc1 cut to 10
+    units), with a sha256 that matches them: a consistent file of the wrong shape."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from leanformer import checkpoint
+    from leanformer.files import tensors_sha256
+
+    path = tmp_path / "m.safetensors"
+    checkpoint.save_model(make_tiny_vit(), path)
+    with safe_open(str(path), framework="pt") as f:  # keep the metadata, cut one tensor
+        metadata = f.metadata()
+    state = load_file(str(path))
+    state["blocks.0.mlp.fc1.weight"] = state["blocks.0.mlp.fc1.weight"][:10].contiguous()
+    state["blocks.0.mlp.fc1.bias"] = state["blocks.0.mlp.fc1.bias"][:10].contiguous()
+    metadata["sha256"] = tensors_sha256(state)
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
 def _recorded_seconds(path):
     """Seconds a lesson's cells took when it was last executed (nbclient's timestamps in each
     cell's metadata); 0 when the notebook holds none."""

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,14 +10,8 @@ from leanformer.files import tensors_sha256
 from leanformer.model import ViTConfig, VisionTransformer
 
 
-def tiny_model():
-    torch.manual_seed(0)
-    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                       depth=1, num_heads=2)).eval()
-
-
-def test_round_trip_gives_the_same_logits_in_eval_mode(tmp_path):
-    model = tiny_model()
+def test_round_trip_gives_the_same_logits_in_eval_mode(tmp_path, make_tiny_vit):
+    model = make_tiny_vit()
     path = tmp_path / "m.safetensors"
     sha = save_model(model, path, provenance={"test_acc": 0.5})
     loaded = load_model(path)
@@ -31,21 +23,21 @@ def test_round_trip_gives_the_same_logits_in_eval_mode(tmp_path):
     assert tensors_sha256(loaded.state_dict()) == sha
 
 
-def test_saved_checkpoints_get_the_usual_file_permissions(tmp_path):
+def test_saved_checkpoints_get_the_usual_file_permissions(tmp_path, make_tiny_vit):
     # safetensors creates owner-only files; a checkpoint shared on a machine must stay readable.
     import os
     umask = os.umask(0o022)
     try:
         path = tmp_path / "m.safetensors"
-        save_model(tiny_model(), path)
+        save_model(make_tiny_vit(), path)
         assert path.stat().st_mode & 0o777 == 0o644
     finally:
         os.umask(umask)
 
 
-def test_tampered_weights_are_refused(tmp_path):
+def test_tampered_weights_are_refused(tmp_path, make_tiny_vit):
     path = tmp_path / "m.safetensors"
-    save_model(tiny_model(), path)
+    save_model(make_tiny_vit(), path)
     raw = bytearray(path.read_bytes())
     raw[-5] ^= 0x01  # flip one bit inside the last tensor
     path.write_bytes(bytes(raw))
@@ -74,25 +66,6 @@ def test_training_state_loads_without_unpickling_code(tmp_path):
         checkpoint.load_state(path)
 
 
-def test_cli_evaluate_reports_accuracy_and_source_as_json(tmp_path):
-    path = tmp_path / "m.safetensors"
-    save_model(tiny_model(), path)
-    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json", "--tta"],
-                         capture_output=True, text=True, check=True)
-    result = json.loads(out.stdout)  # the JSON alone: a file written with > is valid JSON
-    assert result["test_images"] == 10000 and "shipped subset" in result["data_source"]
-    for key in ("test_acc", "test_acc_flip_tta", "test_acc_flip_shift_tta"):
-        assert 0.0 <= result[key] <= 1.0
-    assert result["weights_sha256"] == load_model(path).weights_sha256
-
-
-def test_cli_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(tmp_path / "none")],
-                         capture_output=True, text=True)
-    assert out.returncode != 0
-    assert "No model file" in out.stderr and "Traceback" not in out.stderr
-
-
 def test_a_model_with_uneven_blocks_round_trips(tmp_path):
     torch.manual_seed(0)
     cfg = ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32, depth=3, num_heads=4,
@@ -106,6 +79,12 @@ def test_a_model_with_uneven_blocks_round_trips(tmp_path):
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+
+
+def test_weights_that_do_not_fit_the_config_give_one_clear_error(misfit_model_file):
+    with pytest.raises(CheckpointError, match="do not match the model its config describes") as e:
+        load_model(misfit_model_file)
+    assert "blocks.0.mlp.fc1.weight" in str(e.value) and "\n" not in str(e.value)
 
 
 def test_shipped_checkpoints_load_unchanged():
@@ -124,103 +103,12 @@ def test_every_shipped_checkpoint_loads_and_its_json_names_its_weights(path):
     assert beside["command"].startswith("python -m leanformer ")
 
 
-def test_weights_that_do_not_fit_the_config_give_one_clear_error(tmp_path):
-    from safetensors.torch import load_file, save_file
-
-    path = tmp_path / "m.safetensors"
-    save_model(tiny_model(), path)
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as f:  # keep the metadata, cut one tensor
-        metadata = f.metadata()
-    state = load_file(str(path))
-    state["blocks.0.mlp.fc1.weight"] = state["blocks.0.mlp.fc1.weight"][:10].contiguous()
-    state["blocks.0.mlp.fc1.bias"] = state["blocks.0.mlp.fc1.bias"][:10].contiguous()
-    metadata["sha256"] = tensors_sha256(state)  # a consistent file of the wrong shape
-    save_file(state, str(path), metadata=metadata)
-    with pytest.raises(CheckpointError, match="do not match the model its config describes") as e:
-        load_model(path)
-    assert "blocks.0.mlp.fc1.weight" in str(e.value) and "\n" not in str(e.value)
-    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path)],
-                         capture_output=True, text=True)
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert out.stderr.count("\n") == 1 and "blocks.0.mlp.fc1.weight" in out.stderr
-
-
-def test_cli_names_the_recipes_when_one_is_unknown(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "refrence",
-                          "--out", str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert out.stderr.count("\n") == 1
-    assert "unknown recipe 'refrence'" in out.stderr and "reference" in out.stderr
-
-
-def test_cli_prune_writes_a_smaller_model_that_loads(tmp_path):
-    src, out = tmp_path / "m.safetensors", tmp_path / "pruned.safetensors"
-    save_model(tiny_model(), src)  # 2 heads, 64 MLP units in its one block
-    run = subprocess.run([sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "1",
-                          "--mlp-units", "20", "--score", "magnitude", "--out", str(out)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    pruned = load_model(out)
-    assert pruned.cfg.widths() == [(1, 20)]
-    assert pruned.provenance["score"] == "magnitude" and len(pruned.provenance["kept_heads"][0]) == 1
-    assert pruned(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    too_many = subprocess.run([sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "3",
-                               "--mlp-units", "20", "--score", "magnitude", "--out", str(tmp_path / "x.safetensors")],
-                              capture_output=True, text=True)
-    assert too_many.returncode != 0 and "--heads: keep between 1 and 2 per block, got 3" in too_many.stderr
-    assert not (tmp_path / "x.safetensors").exists()
-
-
-def test_cli_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tiny_folder):
-    start, teacher = tmp_path / "start.safetensors", tmp_path / "teacher.safetensors"
-    save_model(tiny_model(), start, {"note": "the starting model's own record"})
-    torch.manual_seed(1)
-    save_model(VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                           depth=1, num_heads=2)), teacher)
-    run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "finetune-brief",
-                          "--init", str(start), "--teacher", str(teacher), "--alpha", "0.5",
-                          "--temperature", "2", "--data", str(tiny_folder), "--out", str(tmp_path),
-                          "--name", "student"],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    record = json.loads((tmp_path / "student.json").read_text())
-    assert record["init"]["provenance"] == {"note": "the starting model's own record"}
-    assert record["init"]["weights_sha256"] == load_model(start).weights_sha256
-    assert record["teacher"] == {"path": str(teacher), "weights_sha256": load_model(teacher).weights_sha256,
-                                 "arch": "vit", "kind": "soft", "alpha": 0.5, "temperature": 2.0}
-    assert load_model(tmp_path / "student.safetensors").provenance["teacher"]["alpha"] == 0.5
-
-
-def test_cli_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, tiny_folder):
-    src, out = tmp_path / "m.safetensors", tmp_path / "sweep.json"
-    save_model(tiny_model(), src)
-    bad = subprocess.run([sys.executable, "-m", "leanformer", "sparsity-sweep", str(src), "--levels", "50",
-                          "--out", str(out)], capture_output=True, text=True)
-    assert bad.returncode != 0 and "each in [0, 1)" in bad.stderr and not out.exists()
-    run = subprocess.run([sys.executable, "-m", "leanformer", "sparsity-sweep", str(src), "--levels", "0.5",
-                          "--data", str(tiny_folder), "--out", str(out), "--save-dir", str(tmp_path / "sparse")],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    result = json.loads(out.read_text())
-    (row,) = result["rows"]
-    assert row["sparsity"] == 0.5 and 0.0 <= row["fine-tuned"] <= 1.0
-    assert result["recipe"]["name"] == "finetune-brief" and result["test_images"] == 40
-    saved = load_model(tmp_path / "sparse" / "sparse-50.safetensors")
-    weights = torch.cat([saved.blocks[0].mlp.fc1.weight.flatten(), saved.blocks[0].attn.qkv.weight.flatten()])
-    assert 0.3 < (weights == 0).float().mean() < 0.8  # global: about half, not exactly per layer
-    assert saved.provenance["test_acc"] == row["fine-tuned"]
-    beside = json.loads((tmp_path / "sparse" / "sparse-50.json").read_text())  # readable without Python
-    assert beside["weights_sha256"] == saved.weights_sha256 and beside["sparsity"] == 0.5
-
-
-def test_the_file_names_its_arch_and_an_unknown_one_is_refused(tmp_path):
+def test_the_file_names_its_arch_and_an_unknown_one_is_refused(tmp_path, make_tiny_vit):
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
     path = tmp_path / "m.safetensors"
-    save_model(tiny_model(), path)
+    save_model(make_tiny_vit(), path)
     with safe_open(str(path), framework="pt") as f:
         metadata = f.metadata()
     assert metadata["arch"] == "vit"
@@ -249,22 +137,6 @@ def test_weights_sha256_covers_zero_dim_tensors_and_is_unchanged_for_others():
     h.update(b"w|torch.float32|(2, 3)|")
     h.update(one["w"].view(torch.uint8).numpy().tobytes())
     assert tensors_sha256({"w": one["w"]}) == h.hexdigest()
-
-
-def test_cli_trains_a_convnet_that_evaluate_loads(tmp_path, tiny_folder):
-    from leanformer.convnet import ConvNet
-
-    run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "teacher-cnn-quick",
-                          "--epochs", "1", "--data", str(tiny_folder), "--out", str(tmp_path)],
-                         capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
-    path = tmp_path / "teacher-cnn-quick.safetensors"
-    model = load_model(path)
-    assert isinstance(model, ConvNet) and model.cfg.widths == (16, 32, 32)
-    assert json.loads(path.with_suffix(".json").read_text())["arch"] == "convnet"
-    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--data",
-                          str(tiny_folder), "--json"], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout[out.stdout.index("{"):])["test_images"] == 40
 
 
 def test_a_changed_copy_never_carries_its_originals_digest(tmp_path):

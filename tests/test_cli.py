@@ -1,8 +1,11 @@
-"""The command line's promises: finished work is never overwritten unasked, a resume continues
-only the run it was written by, and every user error is one line and a non-zero exit.
+"""The command line's tests, all of them: finished work is never overwritten unasked, a resume
+continues only the run it was written by, every user error is one line and a non-zero exit, and
+each command writes the files it promises (train, prune, sparsity-sweep, quantize, evaluate,
+costs, make-subset).
 
-Most tests call ``main`` in this process (a second Python would spend seconds importing torch);
-they train the "quick" or "finetune-brief" recipe for one epoch on the tiny image folder."""
+Tests call ``main`` in this process where they can (a second Python spends seconds importing
+torch); those that check what a real process prints, or its exit status, run ``python -m leanformer``.
+They train the "quick" or "finetune-brief" recipe for one epoch on the tiny image folder."""
 import json
 import shutil
 import subprocess
@@ -12,15 +15,9 @@ import pytest
 import torch
 
 from leanformer import load_model
-from leanformer.__main__ import main
+from leanformer.cli import main
 from leanformer.checkpoint import save_model
 from leanformer.model import ViTConfig, VisionTransformer
-
-
-def tiny_vit(seed):
-    torch.manual_seed(seed)
-    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                       depth=1, num_heads=2)).eval()
 
 
 def train_args(out, data, *more):
@@ -77,11 +74,12 @@ def test_another_runs_state_is_kept_unless_resumed_or_forced(tmp_path, tiny_fold
     assert json.loads((out / "quick.json").read_text())["epochs"] == 1
 
 
-def test_resume_refuses_another_teacher_data_or_starting_model(tmp_path, tiny_folder, tmp_cache, capsys):
+def test_resume_refuses_another_teacher_data_or_starting_model(tmp_path, tiny_folder, tmp_cache, capsys,
+                                                              make_tiny_vit):
     start, other_start = tmp_path / "start.safetensors", tmp_path / "other-start.safetensors"
     teacher, other_teacher = tmp_path / "teacher.safetensors", tmp_path / "other-teacher.safetensors"
     for seed, path in enumerate((start, other_start, teacher, other_teacher)):
-        save_model(tiny_vit(seed), path)
+        save_model(make_tiny_vit(seed), path)
     other_data = tmp_path / "other-data"
     shutil.copytree(tiny_folder, other_data)
     next((other_data / "train" / "cat").iterdir()).unlink()  # one training image fewer
@@ -138,14 +136,14 @@ def test_the_one_line_holds_in_a_real_process(tmp_path):
 
 
 def test_qat_groups_default_to_the_librarys_and_must_divide_the_layers(tmp_path, tiny_folder,
-                                                                      tmp_cache, capsys):
+                                                                      tmp_cache, capsys, make_tiny_vit):
     import inspect
 
     from leanformer.quantize import prepare_qat
 
     library = inspect.signature(prepare_qat).parameters["group_size"].default
     start = tmp_path / "start.safetensors"
-    save_model(tiny_vit(0), start)  # Linear layers of 32 and 64 inputs
+    save_model(make_tiny_vit(0), start)  # Linear layers of 32 and 64 inputs
     base = ["train", "--recipe", "qat", "--epochs", "1", "--init", str(start), "--qat-bits", "4",
             "--data", str(tiny_folder), "--out", str(tmp_path / "runs")]
     code, err = fails(base + ["--qat-group", "7"], capsys)
@@ -155,11 +153,97 @@ def test_qat_groups_default_to_the_librarys_and_must_divide_the_layers(tmp_path,
     assert qat["weight_bits"] == 4 and qat["group_size"] == library
 
 
-def test_quantize_writes_an_int8_file_that_evaluate_and_costs_read(tmp_path, tiny_folder, tmp_cache, capsys):
+def test_train_names_the_recipes_when_one_is_unknown(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "refrence",
+                          "--out", str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1
+    assert "unknown recipe 'refrence'" in out.stderr and "reference" in out.stderr
+
+
+def test_a_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tiny_folder, make_tiny_vit):
+    start, teacher = tmp_path / "start.safetensors", tmp_path / "teacher.safetensors"
+    save_model(make_tiny_vit(), start, {"note": "the starting model's own record"})
+    torch.manual_seed(1)
+    save_model(VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
+                                           depth=1, num_heads=2)), teacher)
+    run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "finetune-brief",
+                          "--init", str(start), "--teacher", str(teacher), "--alpha", "0.5",
+                          "--temperature", "2", "--data", str(tiny_folder), "--out", str(tmp_path),
+                          "--name", "student"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    record = json.loads((tmp_path / "student.json").read_text())
+    assert record["init"]["provenance"] == {"note": "the starting model's own record"}
+    assert record["init"]["weights_sha256"] == load_model(start).weights_sha256
+    assert record["teacher"] == {"path": str(teacher), "weights_sha256": load_model(teacher).weights_sha256,
+                                 "arch": "vit", "kind": "soft", "alpha": 0.5, "temperature": 2.0}
+    assert load_model(tmp_path / "student.safetensors").provenance["teacher"]["alpha"] == 0.5
+
+
+def test_train_makes_a_convnet_that_evaluate_loads(tmp_path, tiny_folder):
+    from leanformer.convnet import ConvNet
+
+    run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "teacher-cnn-quick",
+                          "--epochs", "1", "--data", str(tiny_folder), "--out", str(tmp_path)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    path = tmp_path / "teacher-cnn-quick.safetensors"
+    model = load_model(path)
+    assert isinstance(model, ConvNet) and model.cfg.widths == (16, 32, 32)
+    assert json.loads(path.with_suffix(".json").read_text())["arch"] == "convnet"
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--data",
+                          str(tiny_folder), "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout[out.stdout.index("{"):])["test_images"] == 40
+
+
+def test_prune_writes_a_smaller_model_that_loads(tmp_path, make_tiny_vit):
+    src, out = tmp_path / "m.safetensors", tmp_path / "pruned.safetensors"
+    save_model(make_tiny_vit(), src)  # 2 heads, 64 MLP units in its one block
+    run = subprocess.run([sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "1",
+                          "--mlp-units", "20", "--score", "magnitude", "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    pruned = load_model(out)
+    assert pruned.cfg.widths() == [(1, 20)]
+    assert pruned.provenance["score"] == "magnitude" and len(pruned.provenance["kept_heads"][0]) == 1
+    assert pruned(torch.rand(2, 3, 32, 32)).shape == (2, 10)
+    too_many = subprocess.run([sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "3",
+                               "--mlp-units", "20", "--score", "magnitude", "--out", str(tmp_path / "x.safetensors")],
+                              capture_output=True, text=True)
+    assert too_many.returncode != 0 and "--heads: keep between 1 and 2 per block, got 3" in too_many.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, tiny_folder, make_tiny_vit):
+    src, out = tmp_path / "m.safetensors", tmp_path / "sweep.json"
+    save_model(make_tiny_vit(), src)
+    bad = subprocess.run([sys.executable, "-m", "leanformer", "sparsity-sweep", str(src), "--levels", "50",
+                          "--out", str(out)], capture_output=True, text=True)
+    assert bad.returncode != 0 and "each in [0, 1)" in bad.stderr and not out.exists()
+    run = subprocess.run([sys.executable, "-m", "leanformer", "sparsity-sweep", str(src), "--levels", "0.5",
+                          "--data", str(tiny_folder), "--out", str(out), "--save-dir", str(tmp_path / "sparse")],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    result = json.loads(out.read_text())
+    (row,) = result["rows"]
+    assert row["sparsity"] == 0.5 and 0.0 <= row["fine-tuned"] <= 1.0
+    assert result["recipe"]["name"] == "finetune-brief" and result["test_images"] == 40
+    saved = load_model(tmp_path / "sparse" / "sparse-50.safetensors")
+    weights = torch.cat([saved.blocks[0].mlp.fc1.weight.flatten(), saved.blocks[0].attn.qkv.weight.flatten()])
+    assert 0.3 < (weights == 0).float().mean() < 0.8  # global: about half, not exactly per layer
+    assert saved.provenance["test_acc"] == row["fine-tuned"]
+    beside = json.loads((tmp_path / "sparse" / "sparse-50.json").read_text())  # readable without Python
+    assert beside["weights_sha256"] == saved.weights_sha256 and beside["sparsity"] == 0.5
+
+
+
+def test_quantize_writes_an_int8_file_that_evaluate_and_costs_read(tmp_path, tiny_folder, tmp_cache, capsys,
+                                                                   make_tiny_vit):
     from leanformer.quantize import load_quantized
 
     model_path = tmp_path / "tiny.safetensors"
-    save_model(tiny_vit(0), model_path)
+    save_model(make_tiny_vit(0), model_path)
     out = tmp_path / "tiny-int8.pt"
     main(["quantize", str(model_path), "--path", "torchao-int8-dynamic", "--out", str(out)])
     quantized, record = load_quantized(out)
@@ -180,9 +264,10 @@ def test_quantize_writes_an_int8_file_that_evaluate_and_costs_read(tmp_path, tin
     assert costs[1]["file_bytes"] == out.stat().st_size  # the int8 file as shipped
 
 
-def test_quantize_refuses_a_file_name_its_path_does_not_write_and_an_existing_file(tmp_path, capsys):
+def test_quantize_refuses_a_file_name_its_path_does_not_write_and_an_existing_file(tmp_path, capsys,
+                                                                                   make_tiny_vit):
     model_path = tmp_path / "tiny.safetensors"
-    save_model(tiny_vit(0), model_path)
+    save_model(make_tiny_vit(0), model_path)
     code, err = fails(["quantize", str(model_path), "--path", "pt2e-static-int8", "--out", str(tmp_path / "q.pt")], capsys)
     assert code == 2 and "writes a .pt2 file" in err
     (tmp_path / "q.pt").write_bytes(b"finished work")
@@ -196,3 +281,37 @@ def test_evaluate_names_a_file_it_cannot_read(tmp_path, capsys):
     bad.write_bytes(b"\0" * 16)
     _, err = fails(["evaluate", str(bad)], capsys)
     assert "model.bin" in err and ".safetensors" in err
+
+
+def test_evaluate_reports_accuracy_and_source_as_json(tmp_path, make_tiny_vit):
+    path = tmp_path / "m.safetensors"
+    save_model(make_tiny_vit(), path)
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json", "--tta"],
+                         capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)  # the JSON alone: a file written with > is valid JSON
+    assert result["test_images"] == 10000 and "shipped subset" in result["data_source"]
+    for key in ("test_acc", "test_acc_flip_tta", "test_acc_flip_shift_tta"):
+        assert 0.0 <= result[key] <= 1.0
+    assert result["weights_sha256"] == load_model(path).weights_sha256
+
+
+def test_evaluate_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(tmp_path / "none")],
+                         capture_output=True, text=True)
+    assert out.returncode != 0
+    assert "No model file" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_evaluate_names_weights_that_do_not_fit_the_config_in_one_line(misfit_model_file):
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(misfit_model_file)],
+                         capture_output=True, text=True)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert out.stderr.count("\n") == 1 and "blocks.0.mlp.fc1.weight" in out.stderr
+
+
+def test_make_subset_reports_a_bad_source_in_one_line(tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["make-subset", str(tmp_path / "nowhere.tar.gz"), str(tmp_path / "out" / "s.tar.gz")])
+    assert str(e.value.code).startswith("error: make-subset: no archive at")
+    assert "\n" not in str(e.value.code)
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

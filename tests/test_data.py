@@ -223,13 +223,3 @@ def test_a_failed_make_subset_leaves_the_old_file_and_no_temporary_one(tmp_path,
         D.make_subset(source, dest, per_class=1)
     assert [p.name for p in out.iterdir()] == ["subset.tar.gz"]
     assert dest.read_bytes() == b"the previous subset"
-
-
-def test_cli_make_subset_reports_a_bad_source_in_one_line(tmp_path):
-    from leanformer.__main__ import main
-
-    with pytest.raises(SystemExit) as e:
-        main(["make-subset", str(tmp_path / "nowhere.tar.gz"), str(tmp_path / "out" / "s.tar.gz")])
-    assert str(e.value.code).startswith("error: make-subset: no archive at")
-    assert "\n" not in str(e.value.code)
-    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -1,5 +1,6 @@
 """Every lesson has the course's shape, and its saved outputs come from one clean run."""
 import ast
+import importlib.util
 import json
 import re
 from pathlib import Path
@@ -7,10 +8,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from leanformer.lesson import PROSE_TITLE, stamp_notebooks
+from leanformer.lesson import PROSE_TITLE
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+
+
+def _notebook_tools():
+    """tools/notebooks.py, the book's notebook tooling: a script beside the package, not in it
+    (loaded from its path, as the name ``notebooks`` is also the lessons' folder)."""
+    spec = importlib.util.spec_from_file_location("notebook_tools", ROOT / "tools" / "notebooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+stamp_notebooks = _notebook_tools().stamp_notebooks
 
 
 def cells(path):

@@ -24,7 +24,6 @@ import random
 from pathlib import Path
 
 from .config import is_quick  # setup reads it; lessons may call lesson.is_quick() too
-from .files import atomic_write
 
 
 def setup(seed: int = 0) -> bool:
@@ -32,7 +31,8 @@ def setup(seed: int = 0) -> bool:
     import numpy as np
     import torch
 
-    # Imported here, not above: the notebook tools below (stamp, execute) need no matplotlib.
+    # Imported here, not above: a lesson that imports this module for glue or say alone
+    # need not load matplotlib.
     from .plots import use_course_style
 
     _GLUED.clear()
@@ -153,78 +153,3 @@ def show_source(obj):
     from IPython.display import Markdown, display
 
     display(Markdown(f"```python\n{inspect.getsource(obj).rstrip()}\n```"))
-
-
-# --- keeping every lesson's Colab badge and set-up cell in step with _config.yml -------------
-
-COLAB_CELL = '''\
-# In Colab: fetch the course and install its package. Anywhere else this cell does nothing.
-import os, subprocess, sys
-if "google.colab" in sys.modules and not os.path.isdir("lean-transformers"):
-    subprocess.run(["git", "clone", "--depth", "1", "{url}", "lean-transformers"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "lean-transformers"], check=True)
-    sys.path.insert(0, os.path.abspath("lean-transformers/src"))'''
-
-BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
-
-
-def repository(config="_config.yml"):
-    """(url, branch) from the book's _config.yml, the one place that names the repository."""
-    import yaml
-
-    with open(config, encoding="utf-8") as f:
-        repo = yaml.safe_load(f)["repository"]
-    return repo["url"].rstrip("/"), repo.get("branch", "main")
-
-
-def stamp_notebooks(root: str | Path = ".", check: bool = False) -> list[Path]:
-    """Write the Colab badge (first cell) and the Colab set-up cell (second cell, tagged
-    ``colab-setup``) of every notebook from _config.yml. Returns the notebooks that changed
-    (or, with ``check=True``, that would change)."""
-    import nbformat
-
-    root = Path(root)
-    url, branch = repository(root / "_config.yml")
-    changed = []
-    for path in sorted((root / "notebooks").glob("[0-9]*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        cells = nb["cells"]
-        link = (url.replace("https://github.com/", "https://colab.research.google.com/github/")
-                + f"/blob/{branch}/notebooks/{path.name}")
-        lines = "".join(cells[0]["source"]).split("\n")
-        rest = [line for line in lines[1:] if "colab-badge.svg" not in line]
-        while rest and not rest[0].strip():
-            rest.pop(0)
-        title_src = "\n".join([lines[0], "", BADGE.format(link=link), ""] + rest)
-        setup_src = COLAB_CELL.format(url=url + ".git")
-        tags = ["colab-setup", "hide-cell"]
-        has_setup = len(cells) > 1 and "colab-setup" in cells[1].get("metadata", {}).get("tags", [])
-        if (cells[0]["source"] == title_src and has_setup and cells[1]["source"] == setup_src
-                and cells[1]["metadata"].get("tags") == tags):
-            continue
-        changed.append(path)
-        if check:
-            continue
-        cells[0]["source"] = title_src
-        if not has_setup:
-            cells.insert(1, nbformat.v4.new_code_cell(setup_src))
-        cells[1]["source"] = setup_src
-        cells[1]["metadata"]["tags"] = tags
-        atomic_write(path, lambda tmp: nbformat.write(nb, str(tmp)))
-    return changed
-
-
-def execute_notebook(path: str | Path, timeout: int = 900, machine: str | None = None) -> None:
-    """Run a notebook top to bottom in place, keeping its outputs. Progress-bar updates
-    (carriage returns) are collapsed, so a saved output holds the final line, not every frame.
-    ``machine`` (a description) is recorded in the notebook's metadata, so that a test can check
-    that every saved lesson was executed on the same machine."""
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, kernel_name="python3", coalesce_streams=True,
-                   resources={"metadata": {"path": str(Path(path).parent)}}).execute()
-    if machine is not None:
-        nb.metadata["leanformer"] = {"machine": machine}
-    atomic_write(path, lambda tmp: nbformat.write(nb, str(tmp)))  # a kill mid-write keeps the old notebook

@@ -1,0 +1,157 @@
+"""The commands that read a model file and write a smaller one or a measurement of it:
+``prune`` (remove heads and MLP units), ``sparsity-sweep`` (zero weights at several sparsities
+and fine-tune each), ``quantize`` (an int8 file), ``evaluate`` (test accuracy) and ``costs``
+(models side by side)."""
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import CheckpointError, load_model
+from ..evaluate import accuracies_with_tta, evaluate
+from ..files import atomic_write, sha256_file
+from ..machine import machine_info
+from ..measure import measure_costs, show_costs
+from ..prune import prune_by_score, sparsity_sweep
+from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
+from ..recipes import get_recipe
+from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
+
+
+def cmd_prune(args):
+    model = load_model(args.model)
+    data = _data(args.data) if args.score == "taylor" else None
+    try:
+        pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score, data,
+                                        n_images=args.images, seed=args.seed)
+    except ValueError as e:
+        raise SystemExit(f"error: --{str(e).replace('units:', 'mlp-units:')}") from None
+    provenance = {
+        "command": _command(args),
+        "pruned_from": {"path": str(args.model), "weights_sha256": model.weights_sha256},
+        "data_sha256": _data_sha256(args.data),
+        **record,
+    }
+    sha = _save_with_json(pruned, args.out, provenance)
+    print(f"kept heads {record['kept_heads']} and {len(record['kept_units'][0])} MLP units per block ({args.score} score); "
+          f"wrote {args.out} (sha256 {sha[:12]}…)")
+
+
+def cmd_sparsity_sweep(args):
+    bad = [level for level in args.levels if not 0 <= level < 1]
+    if bad:
+        raise UsageError(f"--levels are shares of weights to zero, each in [0, 1); got {bad}")
+    model = load_model(args.model)
+    recipe = get_recipe(args.recipe, **({"epochs": args.epochs} if args.epochs else {}))
+    data = _data(args.data)
+    t0 = time.perf_counter()
+    rows, models = sparsity_sweep(model, data, args.levels, recipe, progress=True)
+    command = _command(args)
+    if args.save_dir:
+        for row in rows:
+            path = Path(args.save_dir) / f"sparse-{100 * row['sparsity']:g}.safetensors"
+            _save_with_json(models[row["sparsity"]], path, {
+                **models[row["sparsity"]].provenance,  # the fine-tune's record: history, machine
+                "command": command, "pruned_from": {"path": str(args.model),
+                                                     "weights_sha256": model.weights_sha256},
+                "sparsity": row["sparsity"], "scope": "global", "recipe": recipe.to_dict(),
+                "data_source": data.source, "test_images": len(data.test_labels),
+                "test_acc": row["fine-tuned"], "train_wall_time_s": row["fine-tune (s)"],
+                "epochs": recipe.epochs, "train_images_seen": recipe.epochs * len(data.train_labels)})
+    # The highest sparsity within a point of the checkpoint's recorded accuracy on these test images.
+    ref_acc = model.provenance.get("test_acc")
+    if model.provenance.get("test_images") != len(data.test_labels):
+        ref_acc = None
+    within = [r["sparsity"] for r in rows if ref_acc is not None and r["fine-tuned"] >= ref_acc - 0.01]
+    result = {
+        "command": command,
+        "checkpoint_test_acc": ref_acc,
+        "highest_sparsity_within_1_point": max(within) if within else None,
+        "checkpoint": {"path": str(args.model), "weights_sha256": model.weights_sha256},
+        "data_source": data.source, "data_sha256": _data_sha256(args.data),
+        "train_images": len(data.train_labels), "test_images": len(data.test_labels),
+        "recipe": recipe.to_dict(), "machine": machine_info(),
+        "wall_time_s": time.perf_counter() - t0,
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "rows": rows,
+    }
+    atomic_write(Path(args.out), lambda tmp: tmp.write_text(json.dumps(result, indent=1) + "\n"))
+    print(f"wrote {args.out}")
+
+
+def _load(path):
+    """A model file of either kind the course writes: a float model (.safetensors, load_model) or
+    a quantized one (.pt, .pt2, optionally gzipped; load_quantized). Neither runs code from it."""
+    path = Path(path)
+    if path.suffix == ".safetensors" or not path.exists():
+        return load_model(path)  # which names a missing file and says how to make one
+    if {".pt", ".pt2"} & set(path.suffixes):
+        return load_quantized(path)[0]
+    raise CheckpointError(f"{path}: not a model file the course writes (expected .safetensors, or "
+                          ".pt / .pt2 from `python -m leanformer quantize`, optionally .gz)")
+
+
+def cmd_evaluate(args):
+    model = _load(args.model)
+    data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
+    acc, loss = evaluate(model, data.test_images, data.test_labels)
+    result = {"model": str(args.model), "file_sha256": sha256_file(args.model),
+              # a float model's weights digest; a quantized file is named by the file's own
+              "weights_sha256": None if getattr(model, "quantization", None) else model.weights_sha256,
+              "quantization": getattr(model, "quantization", None),
+              "data_source": data.source, "test_images": len(data.test_labels), "test_acc": acc,
+              "test_loss": loss}
+    if args.tta:
+        result.update(accuracies_with_tta(model, data, modes=("flip", "flip-shift")))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(f"test accuracy {acc:.2%} on {len(data.test_labels):,} images from {data.source}")
+        if args.tta:
+            print(f"with flip test-time augmentation: {result['test_acc_flip_tta']:.2%}; "
+                  f"with flips and 1-pixel shifts: {result['test_acc_flip_shift_tta']:.2%}")
+
+
+def _path_slug(name):
+    return name.lower().replace(" ", "-").replace("_", "-")
+
+
+def _quantize_paths():
+    """The command line's names for leanformer.quantize's int8 paths: {slug: the path's name}."""
+    return {_path_slug(name): name for name in PATHS}
+
+
+def cmd_quantize(args):
+    path = _quantize_paths()[args.path]
+    out = Path(args.out)
+    wanted = ".pt2" if path.startswith("PT2E") else ".pt"
+    if wanted not in out.suffixes or out.suffixes[-1] not in (wanted, ".gz"):
+        raise UsageError(f"--out {out}: the {args.path} path writes a {wanted} file "
+                         f"(name it {out.stem.split('.')[0]}{wanted}, or {wanted}.gz to gzip it)")
+    if out.exists() and not args.force:
+        raise UsageError(f"{out} exists; give --force to replace it, or another --out")
+    model = load_model(args.model)
+    calibration = None
+    if path.startswith("PT2E"):  # static int8 reads the ranges of its inputs off training images
+        data = _data(args.data)
+        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(args.seed))
+        calibration = data.train_images[pick[:args.calibration_images]]
+    quantized, _ = quantize_model(model, path, calibration)
+    save_quantized(quantized, out, source=model)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {path} of {args.model}"
+          + (f", calibrated on {len(calibration):,} training images" if calibration is not None else ""))
+
+
+def cmd_costs(args):
+    names = [Path(m).name for m in args.models]
+    if len(set(names)) < len(names):
+        names = [str(m) for m in args.models]
+    models = {name: _load(m) for name, m in zip(names, args.models)}
+    data = _data(args.data)
+    costs = measure_costs(models, data, files=dict(zip(names, args.models)), rounds=args.rounds)
+    show_costs(costs)
+    if args.json:
+        text = json.dumps({"command": _command(args), "costs": [c.to_dict() for c in costs]}, indent=1)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {args.json}")
