@@ -16,19 +16,25 @@ Touvron et al. (2021, DeiT), hard targets: the teacher's top class is a label,
 The teacher sees the very images the student sees, augmentation and mixing included, so on a
 mixed image it gives its own answer for that mixture rather than a made-up label share.
 """
+from __future__ import annotations
+
 import json
+import os
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Callable
+from typing import Any, TypedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from . import checkpoint
+from .data import CIFAR10
 from .files import atomic_write
 from .machine import machine_info
-from .train import fit, recipe_loss
+from .recipes import Recipe
+from .train import Batch, LossFn, fit, recipe_loss
 
 
 def soft_target_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
@@ -64,7 +70,7 @@ class DistillationLoss:
     """
 
     def __init__(self, teacher: nn.Module, alpha: float = 1.0, temperature: float = 1.0,
-                 hard_loss: Callable | None = None, kind: str = "soft"):
+                 hard_loss: LossFn | None = None, kind: str = "soft") -> None:
         if not 0.0 <= alpha <= 1.0:
             raise ValueError(f"alpha must lie in [0, 1], got {alpha}")
         if temperature <= 0:
@@ -86,22 +92,32 @@ class DistillationLoss:
         with torch.no_grad():
             return self.teacher(images).float()
 
-    def __call__(self, logits: torch.Tensor, batch) -> torch.Tensor:
+    def __call__(self, logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         teacher_logits = self.teacher_logits(batch.images)
         if self.kind == "soft":
             loss = self.alpha * soft_target_loss(logits, teacher_logits, self.temperature)
         else:
             loss = self.alpha * hard_target_loss(logits, teacher_logits)
         if self.alpha < 1.0:
+            assert self.hard_loss is not None  # __init__ refuses alpha < 1 without one
             loss = loss + (1 - self.alpha) * self.hard_loss(logits, batch)
         return loss
 
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, str | float]:
         """The settings, for a checkpoint's provenance."""
         return dict(kind=self.kind, alpha=self.alpha, temperature=self.temperature)
 
 
 # --- the sweep -------------------------------------------------------------------------------
+
+class Setting(TypedDict, total=False):
+    """One setting of ``sweep``: ``alpha`` is required; ``kind`` defaults to "soft" and
+    ``temperature`` to 1."""
+
+    kind: str
+    alpha: float
+    temperature: float
+
 
 def setting_name(kind: str, alpha: float, temperature: float) -> str:
     """A short label: "labels" for alpha = 0, else e.g. "soft T=4 a=0.5" or "hard a=0.5"."""
@@ -110,14 +126,17 @@ def setting_name(kind: str, alpha: float, temperature: float) -> str:
     return f"hard a={alpha:g}" if kind == "hard" else f"soft T={temperature:g} a={alpha:g}"
 
 
-def sweep_settings(temperatures=(1, 2, 4), alphas=(0.5, 0.9), hard_alphas=(0.5,)):
+def sweep_settings(temperatures: Sequence[float] = (1, 2, 4), alphas: Sequence[float] = (0.5, 0.9),
+                   hard_alphas: Sequence[float] = (0.5,)) -> list[Setting]:
     """The labels alone, soft targets at every (T, alpha) pair, and hard targets at each alpha."""
-    return ([dict(kind="soft", alpha=0.0, temperature=1.0)]
-            + [dict(kind="soft", alpha=a, temperature=t) for t in temperatures for a in alphas]
-            + [dict(kind="hard", alpha=a, temperature=1.0) for a in hard_alphas])
+    return ([Setting(kind="soft", alpha=0.0, temperature=1.0)]
+            + [Setting(kind="soft", alpha=a, temperature=t) for t in temperatures for a in alphas]
+            + [Setting(kind="hard", alpha=a, temperature=1.0) for a in hard_alphas])
 
 
-def sweep(teacher: nn.Module, recipe, data, settings, out=None, progress=True, about=None) -> list:
+def sweep(teacher: nn.Module, recipe: Recipe, data: CIFAR10, settings: Iterable[Setting],
+          out: str | os.PathLike[str] | None = None, progress: bool = True,
+          about: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """Train ``recipe``'s model on ``data`` once per setting, from the same seed, and return one
     record per setting: its kind, alpha, temperature, test accuracy, history and wall time.
 

@@ -7,9 +7,13 @@ format while the weights, the optimizer and the residual additions stay in float
 precision). float16 gradients underflow, so float16 training scales the loss first
 (``grad_scaler``); bfloat16 has float32's exponent range and needs no scaling.
 """
+from __future__ import annotations
+
 import contextlib
 import os
 import sys
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 
@@ -20,7 +24,7 @@ LAYOUT = {torch.float32: (1, 8, 23), torch.float16: (1, 5, 10), torch.bfloat16: 
 NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def format_facts(dtype: torch.dtype) -> dict:
+def format_facts(dtype: torch.dtype) -> dict[str, float]:
     """What ``dtype`` can hold, from ``torch.finfo`` and its bit layout: the largest value, the
     smallest normal and subnormal numbers, the machine epsilon (the gap after 1.0), and the
     largest integer up to which every integer is exact (2 to the power mantissa bits + 1)."""
@@ -32,7 +36,7 @@ def format_facts(dtype: torch.dtype) -> dict:
             "largest exact integer": 2 ** (mantissa + 1)}
 
 
-def bf16_support(device="cpu") -> tuple[bool, str]:
+def bf16_support(device: str | torch.device = "cpu") -> tuple[bool, str]:
     """Whether ``device`` computes in bf16 natively, and the instructions that say so.
 
     On a CPU: AMX-BF16 (Intel Sapphire Rapids and later) multiplies bf16 tiles in dedicated
@@ -55,7 +59,7 @@ def cpu_supports_bf16() -> bool:
     return bf16_support("cpu")[0]
 
 
-def autocast_dtype(precision: str, device) -> torch.dtype | None:
+def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
     """The dtype that ``torch.autocast`` should use for ``precision`` ("auto", "fp32", "bf16" or
     "fp16"), or None for plain float32. "auto" takes bf16 where the hardware computes in it."""
     device = torch.device(device)
@@ -70,14 +74,15 @@ def autocast_dtype(precision: str, device) -> torch.dtype | None:
     raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
 
 
-def autocast(dtype: torch.dtype | None, device):
+def autocast(dtype: torch.dtype | None,
+             device: str | torch.device) -> contextlib.AbstractContextManager[None]:
     """``torch.autocast`` to ``dtype`` on ``device``'s type, or a context that does nothing."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def grad_scaler(dtype: torch.dtype | None, device) -> "torch.amp.GradScaler | None":
+def grad_scaler(dtype: torch.dtype | None, device: str | torch.device) -> torch.amp.GradScaler | None:
     """A loss scaler where the gradients are float16 (whose range is too narrow for small
     gradients), else None: bf16 and float32 have float32's range."""
     if dtype != torch.float16:
@@ -99,27 +104,28 @@ def overflow_share(values: torch.Tensor, dtype: torch.dtype, scale: float = 1.0)
     return ((nonzero.to(dtype).isinf()).float().mean().item()) if nonzero.numel() else 0.0
 
 
-def _nonzero(values):
+def _nonzero(values: torch.Tensor) -> torch.Tensor:
     values = values.detach().float().flatten()
     return values[values != 0]
 
 
 def output_dtypes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
-                  device="cpu") -> list[dict]:
+                  device: str | torch.device = "cpu") -> list[dict[str, str]]:
     """Run ``model`` on ``x`` under autocast to ``dtype`` and return, for every module in call
     order, its name, class and the dtype of its input and output: which layers run in low
     precision and which stay in float32."""
-    rows, handles = [], []
+    rows: list[dict[str, str]] = []
+    handles = []
 
-    def first_tensor(obj):
+    def first_tensor(obj: object) -> torch.Tensor | None:
         if isinstance(obj, torch.Tensor):
             return obj
         if isinstance(obj, (tuple, list)):
             return next((t for t in map(first_tensor, obj) if t is not None), None)
         return None
 
-    def hook(name):
-        def record(module, args, output):
+    def hook(name: str) -> Callable[[torch.nn.Module, tuple[Any, ...], Any], None]:
+        def record(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> None:
             t_in, t_out = first_tensor(args), first_tensor(output)
             rows.append({"module": name or "(model)", "class": type(module).__name__,
                          "input": str(t_in.dtype).replace("torch.", "") if t_in is not None else "",
@@ -138,14 +144,15 @@ def output_dtypes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | 
 
 
 def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
-                           device="cpu") -> int:
+                           device: str | torch.device = "cpu") -> int:
     """Bytes of the tensors that one forward pass under autocast to ``dtype`` keeps for the
     backward pass: the activation memory of a training step, which grows with the batch (the
     weights, gradients and optimizer state stay float32 under autocast). The model is left in
     its mode, without gradients."""
-    total, seen = 0, set()
+    total = 0
+    seen: set[tuple[int, torch.dtype, tuple[int, ...]]] = set()
 
-    def pack(t):
+    def pack(t: torch.Tensor) -> torch.Tensor:
         nonlocal total
         key = (t.untyped_storage().data_ptr(), t.dtype, tuple(t.shape))
         if key not in seen and not isinstance(t, torch.nn.Parameter):
@@ -179,7 +186,7 @@ KINDS = {
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
+def _quiet_stderr() -> Iterator[None]:
     """Silence what C++ code writes to the process's stderr (the profiler's start and stop
     lines), which Python's ``sys.stderr`` cannot catch."""
     sys.stderr.flush()
@@ -193,7 +200,7 @@ def _quiet_stderr():
             os.close(saved)
 
 
-def time_by_kind(step, repeats: int = 3) -> dict:
+def time_by_kind(step: Callable[[], object], repeats: int = 3) -> dict[str, float]:
     """Run ``step()`` (a training or inference step) ``repeats`` times under the PyTorch profiler
     and share its CPU time among the kinds of work in ``KINDS``, plus "other": element-wise
     arithmetic (the optimizer's included), reshapes, the loss and the framework's own work.

@@ -11,12 +11,14 @@ does), so distillation plugs a teacher into the same loop, and it starts from gi
 Reproducibility: every random draw of epoch ``e`` comes from generators seeded with
 ``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
 """
+from __future__ import annotations
+
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +26,14 @@ from torch import nn
 
 from . import checkpoint
 from .augment import augment, auto_augment, check_auto_augment_policy, mix
-from .convnet import whiten_init
+from .convnet import ConvNet, ConvNetConfig, whiten_init
 from .data import CIFAR10, batches
 from .evaluate import default_device, evaluate
 from .families import ARCHS, arch_of, create_model
 from .files import tensors_sha256
 from .machine import machine_info
 from .measure import count_parameters
+from .model import ViTConfig
 from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
 from .recipes import Recipe, RecipeError
 
@@ -42,7 +45,7 @@ def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
     which is fine for a model whose weights are loaded next, not for training."""
     if recipe.arch not in ARCHS:
         raise RecipeError(f"arch must be one of {', '.join(ARCHS)}, got {recipe.arch!r}")
-    config_cls, _ = ARCHS[recipe.arch]
+    config_cls: type[ViTConfig] | type[ConvNetConfig] = ARCHS[recipe.arch][0]
     try:
         cfg = config_cls.from_dict(recipe.model)
     except (TypeError, ValueError) as e:
@@ -50,7 +53,7 @@ def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
                           f"{recipe.arch!r} ({e})") from None
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.arch, cfg)
-    if recipe.arch == "convnet" and cfg.whiten and data is not None:
+    if isinstance(model, ConvNet) and model.cfg.whiten and data is not None:
         whiten_init(model, data.train_images)
     return model
 
@@ -100,7 +103,12 @@ class Batch:
     lam: float = 1.0
 
 
-def mixed_cross_entropy(logits, batch, label_smoothing=0.0):
+# What ``fit`` trains with: ``loss_fn(logits, batch) -> loss``.
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
+
+
+def mixed_cross_entropy(logits: torch.Tensor, batch: Batch,
+                        label_smoothing: float = 0.0) -> torch.Tensor:
     """Cross-entropy against the labels, mixed in proportion ``lam`` with the partner labels."""
     loss = F.cross_entropy(logits.float(), batch.labels, label_smoothing=label_smoothing)
     if batch.lam < 1.0:
@@ -109,7 +117,7 @@ def mixed_cross_entropy(logits, batch, label_smoothing=0.0):
     return loss
 
 
-def recipe_loss(recipe):
+def recipe_loss(recipe: Recipe) -> LossFn:
     """The loss a recipe trains with: cross-entropy with its label smoothing, mixed by mixup or
     CutMix when the batch was mixed."""
     return lambda logits, batch: mixed_cross_entropy(logits, batch, recipe.label_smoothing)
@@ -117,7 +125,7 @@ def recipe_loss(recipe):
 
 # --- the schedule ----------------------------------------------------------------------------
 
-def lr_at(step, total_steps, warmup_steps, peak_lr):
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float) -> float:
     """Linear warm-up to ``peak_lr``, then a cosine decay to zero."""
     if step < warmup_steps:
         return peak_lr * (step + 1) / warmup_steps
@@ -139,29 +147,29 @@ class Lookahead:
     run continues it exactly.
     """
 
-    def __init__(self, model, final, total_steps, every=5):
+    def __init__(self, model: nn.Module, final: float, total_steps: int, every: int = 5) -> None:
         self.final, self.total_steps, self.every = float(final), total_steps, every
         self.slow = {k: v.detach().clone() for k, v in model.state_dict().items()
                      if v.is_floating_point()}
 
-    def step(self, model, step):
+    def step(self, model: nn.Module, step: int) -> None:
         if (step + 1) % self.every == 0:
             self._pull(model, self.final * ((step + 1) / self.total_steps) ** 3)
 
-    def finish(self, model):
+    def finish(self, model: nn.Module) -> None:
         self._pull(model, 1.0)
 
     @torch.no_grad()
-    def _pull(self, model, decay):
+    def _pull(self, model: nn.Module, decay: float) -> None:
         for k, fast in model.state_dict().items():
             if k in self.slow:
                 self.slow[k].lerp_(fast, 1 - decay)
                 fast.copy_(self.slow[k])
 
-    def state_dict(self):
+    def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.slow)
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
             self.slow[k].copy_(v)
 
@@ -178,7 +186,7 @@ def data_sha256(data: CIFAR10) -> str:
 
 
 def run_identity(data: CIFAR10, model: nn.Module | None = None,
-                 loss_fn: Callable | None = None) -> dict:
+                 loss_fn: LossFn | None = None) -> dict[str, Any]:
     """What a run trains on and from, besides its recipe, as ``fit`` records it in the training
     state and checks it on resume:
 
@@ -194,16 +202,17 @@ def run_identity(data: CIFAR10, model: nn.Module | None = None,
         init = {"weights_sha256": tensors_sha256(model.state_dict()),
                 "qat": getattr(model, "qat", None)}
     teacher = getattr(loss_fn, "teacher", None)
+    describe = getattr(loss_fn, "describe", None)
     if isinstance(teacher, nn.Module):
         teacher = {"weights_sha256": tensors_sha256(teacher.state_dict()),
-                   **(loss_fn.describe() if hasattr(loss_fn, "describe") else {})}
+                   **(describe() if describe is not None else {})}
     else:
         teacher = None
     return {"data": {"sha256": data_sha256(data), "source": data.source},
             "init": init, "teacher": teacher}
 
 
-def _describe_init(init):
+def _describe_init(init: dict[str, Any] | None) -> str:
     if init is None:
         return "the recipe's fresh initialisation"
     qat = init.get("qat")
@@ -211,14 +220,14 @@ def _describe_init(init):
             + (f" with {qat['weight_bits']}-bit QAT, groups of {qat['group_size']}" if qat else ""))
 
 
-def _describe_teacher(teacher):
+def _describe_teacher(teacher: dict[str, Any] | None) -> str:
     if teacher is None:
         return "no teacher"
     settings = ", ".join(f"{k} {v}" for k, v in teacher.items() if k != "weights_sha256")
     return f"teacher weights sha256 {teacher['weights_sha256'][:12]}…" + (f" ({settings})" if settings else "")
 
 
-def check_same_run(state_path: str | Path, recorded: dict | None, now: dict) -> None:
+def check_same_run(state_path: str | Path, recorded: dict[str, Any] | None, now: dict[str, Any]) -> None:
     """Refuse to resume a state written with other data, other starting weights or another
     teacher than this run's (``run_identity``), naming the first that differs: the recipe alone
     does not make a run, and a resumed run that mixes two would be neither.
@@ -249,8 +258,8 @@ def check_same_run(state_path: str | Path, recorded: dict | None, now: dict) -> 
 # --- the loop --------------------------------------------------------------------------------
 
 def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, resume: bool = False,
-        device=None, progress: bool = True, model: nn.Module | None = None,
-        loss_fn: Callable | None = None) -> tuple[nn.Module, list[dict]]:
+        device: str | torch.device | None = None, progress: bool = True, model: nn.Module | None = None,
+        loss_fn: LossFn | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
     """Train ``recipe`` on ``data`` (a ``leanformer.data.CIFAR10``) and return (model, history).
 
     model:    start from this model and its weights (a fine-tune) instead of building
@@ -285,7 +294,8 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
     dtype = autocast_dtype(recipe.precision, device)
     scaler = grad_scaler(dtype, device)
 
-    history, start_epoch = [], 0
+    history: list[dict[str, float]] = []
+    start_epoch = 0
     # Taken before training moves the weights, and only where a state is written or read: the
     # data's digest reads every image once (a fraction of a second on all of CIFAR-10).
     identity = None
@@ -298,6 +308,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             raise checkpoint.CheckpointError(
                 f"{state_path} was written by a different recipe; resume with the same one, or "
                 "start afresh (--force, or another --out).")
+        assert identity is not None  # taken above, since there is a state_path
         check_same_run(state_path, state.get("run"), identity)
         try:
             model.load_state_dict(state["model"])
@@ -371,12 +382,15 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
                 epoch=epoch + 1, recipe=recipe.to_dict(), run=identity,
                 **({"lookahead": lookahead.state_dict()} if lookahead else {})))
     model.eval()
-    model.provenance = training_record(recipe, data, history, model)
+    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
+    setattr(model, "provenance", training_record(recipe, data, history, model))
     return model, history
 
 
-def training_record(recipe, data, history, model):
+def training_record(recipe: Recipe, data: CIFAR10, history: list[dict[str, float]],
+                    model: nn.Module) -> dict[str, Any]:
     """What a training run was and cost: the provenance saved with a checkpoint."""
+    cfg = getattr(model, "cfg", None)  # a VisionTransformer's or ConvNet's config
     record = {
         "recipe": recipe.to_dict(),
         "data_source": data.source,
@@ -389,6 +403,6 @@ def training_record(recipe, data, history, model):
         "history": history,
         "parameters": count_parameters(model),
         "arch": arch_of(model),
-        "model": model.cfg.to_dict() if hasattr(model, "cfg") else None,
+        "model": cfg.to_dict() if cfg is not None else None,
     }
     return record

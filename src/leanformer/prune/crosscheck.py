@@ -5,8 +5,10 @@ ones with ``prune_model`` and compare.
 import copy
 
 import torch
+from torch import nn
 
 from ..model import VisionTransformer
+from .structured import _blocks
 
 
 def prune_with_torch_pruning(model: VisionTransformer, heads: int, units: int) -> VisionTransformer:
@@ -15,11 +17,12 @@ def prune_with_torch_pruning(model: VisionTransformer, heads: int, units: int) -
     heads and hidden units go; the model width stays. The copy's config records the new widths."""
     import torch_pruning as tp
 
-    if len({b.attn.num_heads for b in model.blocks}) > 1:
+    if len({b.attn.num_heads for b in _blocks(model)}) > 1:
         raise ValueError("prune_with_torch_pruning expects every block to have the same number of heads")
     pruned = copy.deepcopy(model).eval()
-    ratios = {}
-    for b in pruned.blocks:
+    blocks = _blocks(pruned)
+    ratios: dict[nn.Module, float] = {}
+    for b in blocks:
         if not 1 <= heads <= b.attn.num_heads or not 1 <= units <= b.mlp.fc1.out_features:
             raise ValueError(f"keep 1..{b.attn.num_heads} heads and 1..{b.mlp.fc1.out_features} units")
         ratios[b.attn.qkv] = 1 - heads / b.attn.num_heads
@@ -28,26 +31,28 @@ def prune_with_torch_pruning(model: VisionTransformer, heads: int, units: int) -
     pruner = tp.pruner.MetaPruner(
         pruned, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
         pruning_ratio=0.0, pruning_ratio_dict=ratios,  # nothing but the listed layers
-        num_heads={b.attn.qkv: b.attn.num_heads for b in pruned.blocks},
+        num_heads={b.attn.qkv: b.attn.num_heads for b in blocks},
         prune_num_heads=True, prune_head_dims=False,  # whole heads, each keeps its width
-        head_pruning_ratio=1 - heads / pruned.blocks[0].attn.num_heads, ignored_layers=[pruned.head],
+        head_pruning_ratio=1 - heads / blocks[0].attn.num_heads, ignored_layers=[pruned.head],
         unwrapped_parameters=[(pruned.pos_embed, 2)])  # (1, tokens, width): only the width could go
     pruner.step()
-    for b in pruned.blocks:  # Torch-Pruning slices the layers; the head count is ours to update
+    for b in blocks:  # Torch-Pruning slices the layers; the head count is ours to update
         b.attn.num_heads = pruner.num_heads[b.attn.qkv]
         b.attn.attn_dim = b.attn.num_heads * b.attn.head_dim
-    widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in pruned.blocks)
+    widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in blocks)
     pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
                                     "head_dim": model.cfg.head_width})
-    pruned.provenance = {}
+    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
+    setattr(pruned, "provenance", {})
     return pruned
 
 
 def kept_by(original: VisionTransformer, pruned: VisionTransformer) -> tuple[list[list[int]], list[list[int]]]:
     """(keep_heads, keep_units): which heads and MLP units of ``original`` survive in ``pruned``,
     found by matching the weights (each kept head's ``proj`` columns, each unit's ``fc1`` row)."""
-    keep_heads, keep_units = [], []
-    for a, b in zip(original.blocks, pruned.blocks):
+    keep_heads: list[list[int]] = []
+    keep_units: list[list[int]] = []
+    for a, b in zip(_blocks(original), _blocks(pruned)):
         d = a.attn.head_dim
         cols = a.attn.proj.weight.detach().view(-1, a.attn.num_heads, d)
         kept = b.attn.proj.weight.detach().view(-1, b.attn.num_heads, d)
@@ -59,7 +64,7 @@ def kept_by(original: VisionTransformer, pruned: VisionTransformer) -> tuple[lis
     return keep_heads, keep_units
 
 
-def _match(candidates, row, where):
+def _match(candidates: torch.Tensor, row: torch.Tensor, where: str) -> int:
     hits = (candidates == row).all(1).nonzero().flatten().tolist()
     if len(hits) != 1:
         raise ValueError(f"{where} of the pruned model matches {len(hits)} of the original's, not one: "

@@ -4,14 +4,20 @@ It goes through ``torch.nn.utils.prune``: ``magnitude_prune`` attaches a mask to
 ``nn.Linear`` and ``nn.Conv2d`` weight, ``remove_masks`` makes the zeros permanent, and
 ``sparsity_table`` counts them layer by layer.
 """
+from __future__ import annotations
+
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def prunable_weights(model: nn.Module):
+
+def prunable_weights(model: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2d]]:
     """(module name, module) of every ``nn.Linear`` and ``nn.Conv2d``: the weights unstructured
     pruning zeroes. Biases, LayerNorms and the position embedding stay dense."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -41,10 +47,13 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global") ->
         raise ValueError(f"scope must be 'global' or 'layer', got {scope!r}")
     with torch.no_grad():
         for m in channels_last:
-            m.weight_orig.data = m.weight_orig.data.contiguous(memory_format=torch.channels_last)
-            m.weight_mask = m.weight_mask.contiguous(memory_format=torch.channels_last)
-            m.weight = m.weight_orig * m.weight_mask
-    pruned.provenance = {}
+            orig = m.get_parameter("weight_orig")
+            orig.data = orig.data.contiguous(memory_format=torch.channels_last)
+            mask = m.get_buffer("weight_mask").contiguous(memory_format=torch.channels_last)
+            m.weight_mask = mask
+            m.weight = orig * mask
+    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
+    setattr(pruned, "provenance", {})
     return pruned
 
 
@@ -57,7 +66,7 @@ def remove_masks(model: nn.Module) -> nn.Module:
     return model
 
 
-def sparsity_table(model: nn.Module):
+def sparsity_table(model: nn.Module) -> pd.DataFrame:
     """One row per prunable layer: its weights, how many are zero, and the share."""
     import pandas as pd
 

@@ -7,35 +7,44 @@ the pruning it drives.
 ``prune_by_score`` keeps the best of every block; ``drop_one_head_losses`` measures exactly what
 removing each head costs, to check a score against.
 """
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from ..data import CIFAR10
 from ..model import VisionTransformer
-from .structured import keep_top, prune_model
+from .structured import _blocks, keep_top, prune_model
 
 SCORES = ("taylor", "magnitude", "random")
 
 
-def _taylor_scores(model, images, labels, batch_size):
+def _taylor_scores(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor,
+                   batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """|dL/dg| for a gate g on every head output and every MLP hidden unit, summed over batches:
     the first-order estimate of how much the loss changes when that head or unit is removed."""
     model.eval()
-    heads = [torch.zeros(b.attn.num_heads) for b in model.blocks]
-    units = [torch.zeros(b.mlp.fc1.out_features) for b in model.blocks]
+    blocks = _blocks(model)
+    heads = [torch.zeros(b.attn.num_heads) for b in blocks]
+    units = [torch.zeros(b.mlp.fc1.out_features) for b in blocks]
     handles = []
 
-    def watch(store, group):
-        def hook(module, args):
+    def watch(store: torch.Tensor, group: int) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             x = args[0]
             if x.requires_grad:
-                def on_grad(g, x=x):
+                def on_grad(g: torch.Tensor, x: torch.Tensor = x) -> None:
                     # The gate's gradient: sum of activation times gradient over one group.
                     contrib = (x.detach() * g).flatten(0, -2).sum(0)
                     store.add_(contrib.view(-1, group).sum(1).abs().float().cpu())
                 x.register_hook(on_grad)
         return hook
 
-    for i, b in enumerate(model.blocks):
+    for i, b in enumerate(blocks):
         handles.append(b.attn.proj.register_forward_pre_hook(watch(heads[i], b.attn.head_dim)))
         handles.append(b.mlp.fc2.register_forward_pre_hook(watch(units[i], 1)))
     try:
@@ -51,9 +60,9 @@ def _taylor_scores(model, images, labels, batch_size):
     return heads, units
 
 
-def _magnitude_scores(model):
+def _magnitude_scores(model: VisionTransformer) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     heads, units = [], []
-    for b in model.blocks:
+    for b in _blocks(model):
         a, d = b.attn, b.attn.head_dim
         qkv = a.qkv.weight.detach().view(3, a.num_heads, d, -1)
         proj = a.proj.weight.detach().view(-1, a.num_heads, d)
@@ -62,8 +71,9 @@ def _magnitude_scores(model):
     return heads, units
 
 
-def importance(model: VisionTransformer, score: str = "taylor", images=None, labels=None,
-               batch_size: int = 128, seed: int = 0):
+def importance(model: VisionTransformer, score: str = "taylor", images: torch.Tensor | None = None,
+               labels: torch.Tensor | None = None, batch_size: int = 128,
+               seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(head scores, unit scores): one tensor per block each, larger = more important.
     ``taylor`` needs training ``images`` (uint8 or float in [0, 1]) and ``labels``."""
     if score == "taylor":
@@ -74,18 +84,19 @@ def importance(model: VisionTransformer, score: str = "taylor", images=None, lab
         return _magnitude_scores(model)
     if score == "random":
         g = torch.Generator().manual_seed(seed)
-        return ([torch.rand(b.attn.num_heads, generator=g) for b in model.blocks],
-                [torch.rand(b.mlp.fc1.out_features, generator=g) for b in model.blocks])
+        return ([torch.rand(b.attn.num_heads, generator=g) for b in _blocks(model)],
+                [torch.rand(b.mlp.fc1.out_features, generator=g) for b in _blocks(model)])
     raise ValueError(f"score must be one of {', '.join(SCORES)}, got {score!r}")
 
 
-def prune_by_score(model: VisionTransformer, heads: int, units: int, score: str = "taylor", data=None,
-                   n_images: int = 2048, seed: int = 0) -> tuple[VisionTransformer, dict]:
+def prune_by_score(model: VisionTransformer, heads: int, units: int, score: str = "taylor",
+                   data: CIFAR10 | None = None, n_images: int = 2048,
+                   seed: int = 0) -> tuple[VisionTransformer, dict[str, Any]]:
     """Keep the ``heads`` most important heads and ``units`` most important MLP units of every
     block by ``score``; the taylor score ranks on ``n_images`` training images of ``data`` drawn
     with ``seed``. Returns the pruned copy and a record of what was kept and why (what the
     ``prune`` command saves as provenance)."""
-    for b in model.blocks:
+    for b in _blocks(model):
         if not 1 <= heads <= b.attn.num_heads:
             raise ValueError(f"heads: keep between 1 and {b.attn.num_heads} per block, got {heads}")
         if not 1 <= units <= b.mlp.fc1.out_features:
@@ -115,7 +126,7 @@ def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels:
     with few heads."""
     was_training = model.training
 
-    def loss_of(m):
+    def loss_of(m: nn.Module) -> float:
         m.eval()
         total = 0.0
         with torch.no_grad():
@@ -126,11 +137,12 @@ def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels:
         return total / len(labels)
 
     base = loss_of(model)
-    all_heads = [list(range(b.attn.num_heads)) for b in model.blocks]
-    all_units = [list(range(b.mlp.fc1.out_features)) for b in model.blocks]
+    blocks = _blocks(model)
+    all_heads = [list(range(b.attn.num_heads)) for b in blocks]
+    all_units = [list(range(b.mlp.fc1.out_features)) for b in blocks]
     losses = []
-    for i, block in enumerate(model.blocks):
-        row = []
+    for i, block in enumerate(blocks):
+        row: list[float] = []
         for h in range(block.attn.num_heads):
             if block.attn.num_heads == 1:  # a block's last head cannot be removed
                 row.append(float("nan"))

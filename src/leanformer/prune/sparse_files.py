@@ -12,7 +12,7 @@ from ..measure.size import safetensors_blob
 from .magnitude import prunable_weights
 
 
-def csr_tensors(model: nn.Module, index_dtype=torch.int32) -> dict:
+def csr_tensors(model: nn.Module, index_dtype: torch.dtype = torch.int32) -> dict[str, torch.Tensor]:
     """The model's weights with every prunable weight in compressed sparse row (CSR) form: three
     tensors ``NAME.values``, ``NAME.col_indices`` and ``NAME.crow_indices`` (indices in
     ``index_dtype``), plus ``NAME.shape``. A convolution's weight is stored as a matrix of its
@@ -37,7 +37,7 @@ def csr_tensors(model: nn.Module, index_dtype=torch.int32) -> dict:
     return {k: v.contiguous() for k, v in state.items()}
 
 
-def from_csr_tensors(tensors: dict) -> dict:
+def from_csr_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The dense state dict that ``csr_tensors`` stored."""
     state = {k: v for k, v in tensors.items() if not k.endswith((".values", ".col_indices",
                                                                   ".crow_indices", ".shape"))}
@@ -56,7 +56,7 @@ def from_csr_tensors(tensors: dict) -> dict:
     return state
 
 
-def gzip_bytes(tensors: dict, level: int = 9) -> int:
+def gzip_bytes(tensors: dict[str, torch.Tensor], level: int = 9) -> int:
     """Bytes of ``tensors`` as one .safetensors file after gzip: how far a general compressor
     gets on the zeros."""
     return len(_gzip(safetensors_blob(tensors), level))

@@ -12,15 +12,29 @@ Where a head and a hidden unit live in the weights of a ``Block``:
 ``VisionTransformer`` whose config records the new widths, so that ``save_model`` and
 ``load_model`` round-trip it; ``keep_top`` turns scores into the indices to keep.
 """
+from __future__ import annotations
+
 import copy
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
 
-from ..model import Attention, Mlp, VisionTransformer
+from ..model import Attention, Block, Mlp, VisionTransformer
 
 
-def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+def _blocks(model: VisionTransformer) -> list[Block]:
+    """``model.blocks`` as the ``Block``s they are: an ``nn.ModuleList`` only promises
+    ``nn.Module``s, whose attributes a type checker cannot see."""
+    blocks = []
+    for b in model.blocks:
+        if not isinstance(b, Block):
+            raise TypeError(f"expected the model's blocks to be Blocks, found a {type(b).__name__}")
+        blocks.append(b)
+    return blocks
+
+
+def prune_linear(layer: nn.Linear, index: torch.Tensor | Sequence[int], dim: int) -> nn.Linear:
     """A new ``nn.Linear`` that keeps the output rows (``dim=0``) or input columns (``dim=1``) of
     ``layer`` listed in ``index``. The bias belongs to the rows, so it is sliced only with them."""
     index = torch.as_tensor(index, dtype=torch.long, device=layer.weight.device)
@@ -35,20 +49,20 @@ def prune_linear(layer: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
-def head_columns(attn: Attention, heads) -> torch.Tensor:
+def head_columns(attn: Attention, heads: Sequence[int]) -> torch.Tensor:
     """The columns of ``attn.proj`` (and the positions within q, k or v) that belong to ``heads``."""
     d = attn.head_dim
     return (torch.cat([torch.arange(h * d, (h + 1) * d) for h in heads]) if len(heads)
             else torch.zeros(0, dtype=torch.long))
 
 
-def head_rows(attn: Attention, heads) -> torch.Tensor:
+def head_rows(attn: Attention, heads: Sequence[int]) -> torch.Tensor:
     """The rows of ``attn.qkv`` that belong to ``heads``: their q rows, then k rows, then v rows."""
     cols = head_columns(attn, heads)
     return torch.cat([p * attn.attn_dim + cols for p in range(3)])
 
 
-def prune_heads(attn: Attention, keep) -> None:
+def prune_heads(attn: Attention, keep: Iterable[int]) -> None:
     """Keep only the heads listed in ``keep`` (in place): slice ``qkv`` rows and ``proj`` columns."""
     keep = sorted(int(h) for h in keep)
     if any(h < 0 or h >= attn.num_heads for h in keep):
@@ -61,31 +75,33 @@ def prune_heads(attn: Attention, keep) -> None:
     attn.num_heads, attn.attn_dim = len(keep), len(keep) * attn.head_dim
 
 
-def prune_mlp(mlp: Mlp, keep) -> None:
+def prune_mlp(mlp: Mlp, keep: Iterable[int]) -> None:
     """Keep only the hidden units listed in ``keep`` (in place): ``fc1`` rows, ``fc2`` columns."""
-    keep = torch.as_tensor(sorted(int(u) for u in keep), dtype=torch.long)
-    if not len(keep):
+    index = torch.as_tensor(sorted(int(u) for u in keep), dtype=torch.long)
+    if not len(index):
         raise ValueError(f"an MLP must keep at least one of its {mlp.fc1.out_features} hidden units")
-    if keep.min() < 0 or keep.max() >= mlp.fc1.out_features:
+    if index.min() < 0 or index.max() >= mlp.fc1.out_features:
         raise ValueError(f"units to keep must be in 0..{mlp.fc1.out_features - 1}, "
-                         f"got {keep.min().item()}..{keep.max().item()}")
-    mlp.fc1 = prune_linear(mlp.fc1, keep, dim=0)
-    mlp.fc2 = prune_linear(mlp.fc2, keep, dim=1)
+                         f"got {index.min().item()}..{index.max().item()}")
+    mlp.fc1 = prune_linear(mlp.fc1, index, dim=0)
+    mlp.fc2 = prune_linear(mlp.fc2, index, dim=1)
 
 
-def prune_model(model: VisionTransformer, keep_heads, keep_units) -> VisionTransformer:
+def prune_model(model: VisionTransformer, keep_heads: Sequence[Iterable[int]],
+                keep_units: Sequence[Iterable[int]]) -> VisionTransformer:
     """A pruned copy of ``model``: block ``i`` keeps heads ``keep_heads[i]`` and MLP units
     ``keep_units[i]``. The copy's config records the new widths (``ViTConfig.block_widths``)."""
     if len(keep_heads) != len(model.blocks) or len(keep_units) != len(model.blocks):
         raise ValueError(f"give one list of heads and one of units per block ({len(model.blocks)} blocks)")
     pruned = copy.deepcopy(model)
-    for block, heads, units in zip(pruned.blocks, keep_heads, keep_units):
+    for block, heads, units in zip(_blocks(pruned), keep_heads, keep_units):
         prune_heads(block.attn, heads)
         prune_mlp(block.mlp, units)
-    widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in pruned.blocks)
+    widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in _blocks(pruned))
     pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
                                     "head_dim": model.cfg.head_width})
-    pruned.provenance = {}
+    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
+    setattr(pruned, "provenance", {})
     return pruned
 
 

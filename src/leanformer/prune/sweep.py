@@ -1,16 +1,20 @@
 """The sparsity sweep: magnitude-prune a model to several sparsities, measure each, fine-tune it
 through the masks, and count the bytes of each way of storing it."""
+from __future__ import annotations
+
 from torch import nn
 
+from ..data import CIFAR10
 from ..evaluate import evaluate
-from ..recipes import get_recipe
+from ..recipes import Recipe, get_recipe
 from ..train import fit
 from .magnitude import magnitude_prune, remove_masks
 from .sparse_files import SPARSE_FORMATS, sparse_file_bytes
 
 
-def sparsity_sweep(model: nn.Module, data, levels: list[float], recipe=None, finetune: bool = True,
-                   progress: bool = False) -> tuple[list[dict], dict]:
+def sparsity_sweep(model: nn.Module, data: CIFAR10, levels: list[float], recipe: Recipe | None = None,
+                   finetune: bool = True,
+                   progress: bool = False) -> tuple[list[dict[str, float]], dict[float, nn.Module]]:
     """Magnitude-prune ``model`` to each sparsity in ``levels`` and measure it on ``data``'s test
     images: with global and with layer-by-layer thresholds, then (global, masks attached) after a
     fine-tune by ``recipe`` (default ``finetune-brief``) on ``data``'s training images, unless
@@ -18,9 +22,10 @@ def sparsity_sweep(model: nn.Module, data, levels: list[float], recipe=None, fin
     of the global model's weights dense, in CSR with int64 and int32 indices, and gzipped), and
     the global models (fine-tuned, if they were) with their masks removed, by sparsity."""
     recipe = recipe or get_recipe("finetune-brief")
-    rows, models = [], {}
+    rows: list[dict[str, float]] = []
+    models: dict[float, nn.Module] = {}
     for s in levels:
-        row = {"sparsity": float(s)}
+        row: dict[str, float] = {"sparsity": float(s)}
         for scope in ("global", "layer"):
             row[scope] = evaluate(magnitude_prune(model, s, scope), data.test_images, data.test_labels)[0]
         tuned = magnitude_prune(model, s)
