@@ -10,7 +10,9 @@ import math
 import torch
 
 
-def scaled_dot_product_attention(q, k, v, mask=None):
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 mask: torch.Tensor | None = None
+                                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Return ``(output, weights)`` for queries ``q (..., L, d_k)``, keys ``k (..., S, d_k)``
     and values ``v (..., S, d_v)``.
 
@@ -30,12 +32,12 @@ def scaled_dot_product_attention(q, k, v, mask=None):
     return weights @ v, weights
 
 
-def causal_mask(length, device=None):
+def causal_mask(length: int, device: str | torch.device | None = None) -> torch.Tensor:
     """Boolean (length, length) mask: position i may attend to positions 0..i."""
     return torch.ones(length, length, dtype=torch.bool, device=device).tril()
 
 
-def padding_mask(lengths, max_length):
+def padding_mask(lengths: torch.Tensor, max_length: int) -> torch.Tensor:
     """Boolean (batch, 1, 1, max_length) mask that hides the padded keys of each sequence.
 
     The two singleton dimensions broadcast over heads and queries.

@@ -8,9 +8,13 @@ with default memory layout. The difference in images per second is therefore the
 implementation choices alone: the course's attention kernel and channels-last convolutions.
 This is a benchmark that prints figures, not a test; run it on an otherwise idle machine.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +23,7 @@ from torch import nn
 from .files import atomic_write
 from .machine import machine_info
 from .measure import count_flops
+from .model import ViTConfig, VisionTransformer
 from .precision import autocast
 from .recipes import get_recipe
 from .train import build_model
@@ -27,10 +32,11 @@ from .train import build_model
 class NaiveTransformer(nn.Module):
     """The reference architecture, built from stock PyTorch layers."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: ViTConfig) -> None:
         super().__init__()
         D = cfg.embed_dim
-        layers, c_in = [], cfg.in_chans
+        layers: list[nn.Module] = []
+        c_in = cfg.in_chans
         for c_out in cfg.conv_channels:
             layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.ReLU(),
                        nn.MaxPool2d(3, 2, 1)]
@@ -45,14 +51,15 @@ class NaiveTransformer(nn.Module):
         self.attn_pool = nn.Linear(D, 1)
         self.head = nn.Linear(D, cfg.num_classes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.tokenizer(x).flatten(2).transpose(1, 2) + self.pos_embed
         x = self.norm(self.encoder(x))
         w = torch.softmax(self.attn_pool(x), dim=1)
         return self.head((w * x).sum(1))
 
 
-def train_throughput(model, dtype, batch_size, steps, warmup=3):
+def train_throughput(model: nn.Module, dtype: torch.dtype | None, batch_size: int, steps: int,
+                     warmup: int = 3) -> float:
     """Images per second of full training steps (forward, backward, AdamW) on random data."""
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -68,7 +75,7 @@ def train_throughput(model, dtype, batch_size, steps, warmup=3):
     return batch_size * steps / (time.perf_counter() - t0)
 
 
-def matmul_gflops(dtype, n=2048, repeats=5):
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """What this machine reaches on one large matrix multiply: a practical ceiling."""
     a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
     a @ b
@@ -78,7 +85,7 @@ def matmul_gflops(dtype, n=2048, repeats=5):
     return 2 * n**3 * repeats / (time.perf_counter() - t0) / 1e9
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m leanformer.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
@@ -88,6 +95,7 @@ def main(argv=None):
 
     recipe = get_recipe("reference")
     ours = build_model(recipe)
+    assert isinstance(ours, VisionTransformer)  # the reference recipe builds a ViT
     naive = NaiveTransformer(ours.cfg)
     n_ours = sum(p.numel() for p in ours.parameters())
     n_naive = sum(p.numel() for p in naive.parameters())
@@ -98,7 +106,7 @@ def main(argv=None):
     print(f"reference model: {n_ours:,} parameters; naive model: {n_naive:,} parameters")
     print(f"training FLOPs per image (forward + backward): {flops_per_image / 1e6:.1f} MFLOP")
     print(f"batch {args.batch_size}, {args.steps} timed steps after 3 warm-up steps\n")
-    rows = []
+    rows: list[dict[str, Any]] = []
     ceilings = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
     print("ceiling (2048x2048 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceilings.items()))
     print(f"{'model':<12}{'precision':<11}{'images/s':>10}{'GFLOP/s':>10}{'of ceiling':>12}{'vs naive':>10}")

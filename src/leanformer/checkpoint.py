@@ -11,6 +11,7 @@
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -27,7 +28,8 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged or of the wrong kind."""
 
 
-def save_model(model: nn.Module, path: str | os.PathLike, provenance: dict | None = None) -> str:
+def save_model(model: nn.Module, path: str | os.PathLike,
+               provenance: dict[str, Any] | None = None) -> str:
     """Write ``model`` (a VisionTransformer or a ConvNet) and its provenance to a .safetensors
     file. Returns the sha256 of the weights."""
     from safetensors.torch import save_file
@@ -36,11 +38,16 @@ def save_model(model: nn.Module, path: str | os.PathLike, provenance: dict | Non
     if arch is None:
         raise CheckpointError(f"save_model writes a {' or a '.join(c.__name__ for _, c in ARCHS.values())}, "
                               f"not a {type(model).__name__}")
+    config_cls, _ = ARCHS[arch]
+    cfg = model.cfg
+    if not isinstance(cfg, config_cls):
+        raise CheckpointError(f"{type(model).__name__}.cfg is a {type(cfg).__name__}, not the "
+                              f"{config_cls.__name__} that rebuilds it")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     metadata = {
         "format": FORMAT,
         "arch": arch,
-        "config": json.dumps(model.cfg.to_dict()),
+        "config": json.dumps(cfg.to_dict()),
         "sha256": tensors_sha256(state),
         "provenance": json.dumps(provenance or {}),
     }
@@ -102,12 +109,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
     return model.to(device).eval()
 
 
-def save_state(path: str | os.PathLike, state: dict) -> None:
+def save_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Training state: a dict of tensors, numbers, strings, lists and dicts only."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_state(path: str | os.PathLike) -> dict:
+def load_state(path: str | os.PathLike) -> dict[str, Any]:
     """Training state written by ``save_state``, read with ``weights_only=True``: a file that
     holds anything but tensors and plain data is refused, never run."""
     try:

@@ -24,7 +24,11 @@ fixed at 1 and learns only its bias, and the logits are the head's output times 
 Input: float images in [0, 1], (N, 3, H, W), the same contract as ``VisionTransformer``; the
 network subtracts CIFAR-10's mean and divides by its standard deviation itself.
 """
+from __future__ import annotations
+
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -48,26 +52,26 @@ class ConvNetConfig:
     in_chans: int = 3
     num_classes: int = 10
     stem_kernel: int = 2  # side of the whitening patches; the stem has 2 * in_chans * k^2 channels
-    widths: tuple = (64, 256, 256)  # output channels of the three ConvGroups
+    widths: tuple[int, ...] = (64, 256, 256)  # output channels of the three ConvGroups
     bn_momentum: float = 0.4  # PyTorch's convention: the weight of the newest batch statistics
     logit_scale: float = 1 / 9  # the logits are the head's output times this
     whiten: bool = True  # the stem holds fixed whitening filters (``whiten_init``), not learned ones
-    mean: tuple = CIFAR10_MEAN
-    std: tuple = CIFAR10_STD
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
 
     @property
-    def stem_width(self):
+    def stem_width(self) -> int:
         return 2 * self.in_chans * self.stem_kernel ** 2
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> ConvNetConfig:
         return cls(**config_fields(cls, d, tuples=("widths", "mean", "std")))
 
 
-def conv3x3(c_in, c_out):
+def conv3x3(c_in: int, c_out: int) -> nn.Conv2d:
     """A 3x3 'same' convolution without bias (BatchNorm follows), initialised as the identity on
     its first ``c_in`` output channels and as PyTorch's default on the others."""
     conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
@@ -76,7 +80,7 @@ def conv3x3(c_in, c_out):
     return conv
 
 
-def batch_norm(channels, momentum):
+def batch_norm(channels: int, momentum: float) -> nn.BatchNorm2d:
     """BatchNorm whose gain stays 1: only the bias (the GELU's threshold) learns."""
     norm = nn.BatchNorm2d(channels, momentum=momentum)
     norm.weight.requires_grad_(False)
@@ -88,7 +92,7 @@ class ConvGroup(nn.Module):
     image side and sets the width to ``c_out``. Pooling before the first norm makes the norm and
     the activation run on a quarter of the pixels."""
 
-    def __init__(self, c_in, c_out, bn_momentum=0.4):
+    def __init__(self, c_in: int, c_out: int, bn_momentum: float = 0.4) -> None:
         super().__init__()
         self.conv1 = conv3x3(c_in, c_out)
         self.pool = nn.MaxPool2d(2)
@@ -97,7 +101,7 @@ class ConvGroup(nn.Module):
         self.norm2 = batch_norm(c_out, bn_momentum)
         self.act = nn.GELU()
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.act(self.norm1(self.pool(self.conv1(x))))
         return self.act(self.norm2(self.conv2(x)))
 
@@ -106,7 +110,10 @@ class ConvNet(WeightsDigest, nn.Module):
     """The airbench-style network. Input: float images in [0, 1], (B, 3, H, W). Output: logits
     (B, num_classes). Call ``whiten_init`` before training when ``cfg.whiten`` is set."""
 
-    def __init__(self, cfg: ConvNetConfig = None, **overrides):
+    mean: torch.Tensor  # buffers (registered in __init__)
+    std: torch.Tensor
+
+    def __init__(self, cfg: ConvNetConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         cfg = cfg or ConvNetConfig()
         if overrides:
@@ -121,10 +128,12 @@ class ConvNet(WeightsDigest, nn.Module):
         self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1), persistent=False)
 
         self.stem = nn.Conv2d(cfg.in_chans, cfg.stem_width, kernel_size=cfg.stem_kernel, bias=True)
+        assert self.stem.bias is not None  # built with bias=True
         nn.init.zeros_(self.stem.bias)
         self.stem.weight.requires_grad_(not cfg.whiten)  # fixed whitening filters
         self.act = nn.GELU()
-        c_in, groups = cfg.stem_width, []
+        c_in = cfg.stem_width
+        groups: list[nn.Module] = []
         for c_out in cfg.widths:
             groups.append(ConvGroup(c_in, c_out, cfg.bn_momentum))
             c_in = c_out
@@ -133,12 +142,12 @@ class ConvNet(WeightsDigest, nn.Module):
         # channels_last lets oneDNN pick its fast convolution and pooling kernels on a CPU.
         self.to(memory_format=torch.channels_last)
 
-    def forward_features(self, x):  # (B, 3, H, W) in [0, 1] -> (B, widths[-1])
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) in [0, 1] -> (B, widths[-1])
         x = ((x - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         x = self.stages(self.act(self.stem(x)))
         return x.amax(dim=(2, 3))  # global max pool
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x)) * self.cfg.logit_scale
 
 
@@ -193,5 +202,6 @@ def whiten_init(model: ConvNet, train_images: torch.Tensor, eps: float = 5e-4,
     W = eigenvectors.T / torch.sqrt(eigenvalues.clamp(min=0) + eps).unsqueeze(1)
     weight, bias = torch.cat([W, -W]), torch.cat([-W @ mu, W @ mu])
     model.stem.weight.copy_(weight.view(2 * d, c, k, k))
+    assert model.stem.bias is not None  # ConvNet builds its stem with bias=True
     model.stem.bias.copy_(bias)
     return model

@@ -60,23 +60,24 @@ class CIFAR10:
     test_images: torch.Tensor
     test_labels: torch.Tensor
     source: str
-    classes: tuple = CLASSES
+    classes: tuple[str, ...] = CLASSES
     pixels: str = "unknown"  # "official", "jpeg-q75" (the shipped copies) or "files" (others)
 
     @property
-    def test_set(self):
+    def test_set(self) -> str:
         """What the test images are, in words, for a caption or a table."""
         what = {"official": "the official CIFAR-10 test images (cifar-10-batches-py)",
                 "jpeg-q75": "a JPEG (quality 75) copy of the official CIFAR-10 test images",
                 "files": f"image files from {self.source}"}.get(self.pixels, "CIFAR-10 test images")
         return f"{len(self.test_labels):,} test images: {what}"
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"CIFAR10(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "
                 f"pixels={self.pixels!r}, source={self.source!r})")
 
 
-def load_cifar10(path=None, download=True, verbose=True):
+def load_cifar10(path: str | os.PathLike | None = None, download: bool = True,
+                 verbose: bool = True) -> CIFAR10:
     """Load CIFAR-10 from the first source that works (see the module docstring)."""
     data = _load(path, download)
     if verbose:
@@ -330,11 +331,11 @@ def make_subset(source: str | os.PathLike, dest: str | os.PathLike, per_class: i
     if not source.is_file():
         raise DataError(f"make-subset: no archive at {source}. Pass a class-folder CIFAR-10 "
                         ".tar.gz (train/<class>/*.jpg and test/<class>/*.jpg).")
-    chosen = {}
+    chosen: dict[str, tarfile.TarInfo] = {}
     try:
         with tarfile.open(source, "r:*") as tar:
             members = [m for m in tar if m.isfile() and _split_and_label(Path(m.name).parts)]
-            by_class = {}
+            by_class: dict[int, list[tarfile.TarInfo]] = {}
             for m in members:
                 split, label = _split_and_label(Path(m.name).parts)
                 if split == "test":
@@ -349,11 +350,13 @@ def make_subset(source: str | os.PathLike, dest: str | os.PathLike, per_class: i
                                     f"class {CLASSES[label]!r}, fewer than --per-class {per_class}.")
                 for m in rng.sample(group, per_class):
                     chosen[m.name] = m
-            blobs = {}
+            blobs: dict[str, bytes] = {}
             for name in sorted(chosen):
                 split, label = _split_and_label(Path(name).parts)
                 new = f"cifar10-subset/{split}/{CLASSES[label]}/{Path(name).name}"
-                blobs[new] = tar.extractfile(chosen[name]).read()
+                member = tar.extractfile(chosen[name])
+                assert member is not None  # a regular file (m.isfile() above), never a link
+                blobs[new] = member.read()
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataError(f"make-subset: cannot read {source}: the archive is truncated or corrupt "
                         f"({e}). Copy or download it again.") from None

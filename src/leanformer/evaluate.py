@@ -3,6 +3,10 @@ on a labelled set (``evaluate``), and test-time augmentation (``tta_logits``,
 ``accuracies_with_tta``). ``fit`` evaluates after every epoch with these, ``measure_costs`` fills
 a cost record's accuracy with them, and the lessons and the command line report them.
 """
+from __future__ import annotations
+
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -10,6 +14,13 @@ from torch import nn
 from .precision import autocast, autocast_dtype
 
 TTA_MODES = ("", "flip", "flip-shift")
+
+
+class LabelledTestSet(Protocol):
+    """What ``accuracies_with_tta`` reads of a data set, such as a ``data.CIFAR10``."""
+
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
 
 
 def default_device() -> str:
@@ -30,7 +41,7 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "flip") -> torch.T
     if not mode:
         return model(x).float()
 
-    def mirrored(z):
+    def mirrored(z: torch.Tensor) -> torch.Tensor:
         return (model(z).float() + model(z.flip(3)).float()) / 2
 
     logits = mirrored(x)
@@ -44,7 +55,8 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "flip") -> torch.T
 
 @torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, precision: str = "fp32",
-            device=None, flip_tta: bool = False, tta: str = "") -> torch.Tensor:
+            device: str | torch.device | None = None, flip_tta: bool = False,
+            tta: str = "") -> torch.Tensor:
     """Logits (fp32, on the CPU) for uint8 or float images (N, 3, 32, 32).
 
     ``tta`` ("flip" or "flip-shift", see ``tta_logits``) averages the logits over variants of
@@ -68,14 +80,16 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, preci
 
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32",
-             device=None, flip_tta: bool = False, tta: str = "") -> tuple[float, float]:
+             device: str | torch.device | None = None, flip_tta: bool = False,
+             tta: str = "") -> tuple[float, float]:
     """Return (accuracy, mean cross-entropy) on a labelled set."""
     logits = predict(model, images, precision=precision, device=device, flip_tta=flip_tta, tta=tta)
     loss = F.cross_entropy(logits, labels).item()
     return (logits.argmax(1) == labels).float().mean().item(), loss
 
 
-def accuracies_with_tta(model: nn.Module, data, modes: tuple[str, ...] = TTA_MODES) -> dict[str, float]:
+def accuracies_with_tta(model: nn.Module, data: LabelledTestSet,
+                        modes: tuple[str, ...] = TTA_MODES) -> dict[str, float]:
     """Accuracy on ``data``'s test images for each test-time augmentation mode in ``modes``
     ("" for none), keyed as a checkpoint's record keys them: ``test_acc``, ``test_acc_flip_tta``,
     ``test_acc_flip_shift_tta``."""

@@ -5,16 +5,23 @@ dict; ``create_model`` turns the two back into a model, as timm's ``create_model
 registry, and ``arch_of`` gives the name of a model's family. A new family is one entry in
 ``ARCHS``.
 """
+from typing import Any, TypeAlias
+
 from torch import nn
 
 from .convnet import ConvNet, ConvNetConfig
 from .model import ViTConfig, VisionTransformer
 
-# arch name -> (config class, model class)
-ARCHS = {"vit": (ViTConfig, VisionTransformer), "convnet": (ConvNetConfig, ConvNet)}
+# The config of any family's model.
+ModelConfig: TypeAlias = ViTConfig | ConvNetConfig
+
+# arch name -> (config class, model class). Each model class takes the config class of its own
+# entry, a pairing that ``create_model`` checks when it runs.
+ARCHS: dict[str, tuple[type[ModelConfig], type[nn.Module]]] = {
+    "vit": (ViTConfig, VisionTransformer), "convnet": (ConvNetConfig, ConvNet)}
 
 
-def create_model(arch: str, cfg: dict | ViTConfig | ConvNetConfig) -> nn.Module:
+def create_model(arch: str, cfg: dict[str, Any] | ModelConfig) -> nn.Module:
     """A freshly initialised model of family ``arch`` from its config, or from a dict of config
     fields (``from_dict``: a field the config does not have is refused). Seed torch first for
     reproducible weights."""

@@ -13,7 +13,7 @@ def cpu_flags() -> list[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
-    flags = set()
+    flags: set[str] = set()
     for line in text.splitlines():
         if line.startswith("flags"):
             flags |= set(line.split(":", 1)[1].split())
@@ -21,7 +21,7 @@ def cpu_flags() -> list[str]:
     return [f for f in wanted if f in flags]
 
 
-def _plural(n, word):
+def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 

@@ -7,15 +7,23 @@ Transformer repaired from the attention article (``TextTransformer``). Blocks ma
 width (heads and MLP hidden units, see ``ViTConfig.block_widths``), which is what a pruned model
 needs; every weight matrix stays an ``nn.Linear``.
 """
+from __future__ import annotations
+
 import contextlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from .attention import scaled_dot_product_attention
 from .files import tensors_sha256
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance  # typeshed's type of "any dataclass"
 
 # CIFAR-10 training-set statistics. They live in the model (see ``VisionTransformer.forward``)
 # so that a checkpoint takes images in [0, 1] and nobody has to remember the numbers.
@@ -27,12 +35,13 @@ class PatchEmbed(nn.Module):
     """Cut the image into non-overlapping patch_size x patch_size patches and project each
     one to embed_dim. A strided convolution does both steps in one call."""
 
-    def __init__(self, img_size=32, patch_size=4, in_chans=3, embed_dim=128):
+    def __init__(self, img_size: int = 32, patch_size: int = 4, in_chans: int = 3,
+                 embed_dim: int = 128) -> None:
         super().__init__()
         self.num_patches = (img_size // patch_size) ** 2
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
 
-    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, N, D)
         return self.proj(x).flatten(2).transpose(1, 2)
 
 
@@ -45,9 +54,11 @@ class ConvTokenizer(nn.Module):
     from 50,000 images instead of millions.
     """
 
-    def __init__(self, img_size=32, in_chans=3, channels=(64, 128)):
+    def __init__(self, img_size: int = 32, in_chans: int = 3,
+                 channels: Sequence[int] = (64, 128)) -> None:
         super().__init__()
-        layers, c_in = [], in_chans
+        layers: list[nn.Module] = []
+        c_in = in_chans
         for c_out in channels:
             layers += [
                 nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False),
@@ -60,22 +71,24 @@ class ConvTokenizer(nn.Module):
         self.stages = nn.Sequential(*layers).to(memory_format=torch.channels_last)
         self.num_patches = (img_size // 2 ** len(channels)) ** 2
 
-    def forward(self, x):  # (B, C, H, W) -> (B, N, D)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B, N, D)
         x = self.stages(x.contiguous(memory_format=torch.channels_last))
         return x.flatten(2).transpose(1, 2)
 
-    def token_window(self, row):
+    def token_window(self, row: int) -> tuple[int, int]:
         """The input rows (first, last) that the tokens in grid row ``row`` see (the same holds for
         columns): their receptive field, not clipped to the image, so it may start above it."""
         return input_window([m for m in self.stages if isinstance(m, (nn.Conv2d, nn.MaxPool2d))], row)
 
 
-def input_window(layers, r):
+def input_window(layers: Sequence[nn.Conv2d | nn.MaxPool2d], r: int) -> tuple[int, int]:
     """Which input rows does output row ``r`` of a stack of convolutions and poolings depend on?
     Walk back through the layers: one with kernel k, stride s and padding p maps output rows
     [a, b] to input rows [a*s - p, b*s - p + k - 1]. Returns (a, b) in input rows."""
     a, b = r, r
     for layer in reversed(layers):
+        if isinstance(layer.padding, str):  # nn.Conv2d's "same" or "valid"
+            raise ValueError(f"input_window needs a layer's padding in pixels, not {layer.padding!r}")
         k, s, p = (v if isinstance(v, int) else v[0] for v in (layer.kernel_size, layer.stride, layer.padding))
         a, b = a * s - p, b * s - p + k - 1
     return a, b
@@ -97,7 +110,8 @@ class Attention(nn.Module):
     ``torch.compile`` see an ordinary module.
     """
 
-    def __init__(self, dim, num_heads=4, head_dim=None, qkv_bias=True):
+    def __init__(self, dim: int, num_heads: int = 4, head_dim: int | None = None,
+                 qkv_bias: bool = True) -> None:
         super().__init__()
         if head_dim is None:
             if num_heads < 1 or dim % num_heads:
@@ -112,7 +126,7 @@ class Attention(nn.Module):
         self.proj = nn.Linear(self.attn_dim, dim)
         self.fused = False
 
-    def forward(self, x, mask=None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         B, N, _ = x.shape
         # (B, N, 3 * attn_dim) -> (3, B, heads, N, head_dim)
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
@@ -129,25 +143,25 @@ class Attention(nn.Module):
 class Mlp(nn.Module):
     """Position-wise feed-forward network: Linear -> GELU -> Linear."""
 
-    def __init__(self, in_features, hidden_features, drop=0.0):
+    def __init__(self, in_features: int, hidden_features: int, drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(in_features, hidden_features)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden_features, in_features)
         self.drop = nn.Dropout(drop)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class DropPath(nn.Module):
     """Stochastic depth: in training, skip a residual branch for a random subset of samples."""
 
-    def __init__(self, p=0.0):
+    def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         self.p = p
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
         keep = torch.rand(x.shape[0], *([1] * (x.dim() - 1)), device=x.device) >= self.p
@@ -161,8 +175,9 @@ class Block(nn.Module):
     batch_first=True, activation="gelu")`` computes (checked in tests/test_model.py).
     """
 
-    def __init__(self, dim, num_heads, mlp_ratio=2.0, drop=0.0, drop_path=0.0, eps=1e-5,
-                 head_dim=None, mlp_hidden=None):
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 2.0, drop: float = 0.0,
+                 drop_path: float = 0.0, eps: float = 1e-5, head_dim: int | None = None,
+                 mlp_hidden: int | None = None) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, head_dim)
@@ -170,13 +185,13 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio) if mlp_hidden is None else mlp_hidden, drop)
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x, mask=None):
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), mask))
         x = x + self.drop_path(self.mlp(self.norm2(x)))
         return x
 
     @classmethod
-    def from_torch(cls, layer):
+    def from_torch(cls, layer: nn.TransformerEncoderLayer) -> Block:
         """A Block holding the weights of a PyTorch ``nn.TransformerEncoderLayer``.
 
         PyTorch stacks the Q, K and V projections in one ``in_proj_weight``, in the same
@@ -185,13 +200,13 @@ class Block(nn.Module):
         dim = layer.self_attn.embed_dim
         block = cls(dim, layer.self_attn.num_heads, layer.linear1.out_features / dim,
                     eps=layer.norm1.eps)
-        pairs = {
-            "norm1": layer.norm1, "norm2": layer.norm2, "attn.proj": layer.self_attn.out_proj,
-            "mlp.fc1": layer.linear1, "mlp.fc2": layer.linear2,
-        }
+        pairs: list[tuple[nn.LayerNorm | nn.Linear, nn.LayerNorm | nn.Linear]] = [
+            (block.norm1, layer.norm1), (block.norm2, layer.norm2),
+            (block.attn.proj, layer.self_attn.out_proj),
+            (block.mlp.fc1, layer.linear1), (block.mlp.fc2, layer.linear2),
+        ]
         with torch.no_grad():
-            for name, source in pairs.items():
-                target = block.get_submodule(name)
+            for target, source in pairs:
                 target.weight.copy_(source.weight)
                 target.bias.copy_(source.bias)
             block.attn.qkv.weight.copy_(layer.self_attn.in_proj_weight)
@@ -199,7 +214,8 @@ class Block(nn.Module):
         return block
 
 
-def config_fields(cls, d, tuples=()):
+def config_fields(cls: type[DataclassInstance], d: Mapping[str, Any],
+                  tuples: Iterable[str] = ()) -> dict[str, Any]:
     """The fields of a config dict (from JSON) for dataclass ``cls``: unknown names refused with
     the known ones listed, and the fields named in ``tuples`` turned back from lists to tuples."""
     d = dict(d)
@@ -222,7 +238,7 @@ class ViTConfig:
     num_classes: int = 10
     tokenizer: str = "patch"  # "patch" (ViT) or "conv" (CCT-style ConvTokenizer)
     patch_size: int = 4  # used by the patch tokenizer
-    conv_channels: tuple = (64, 128)  # used by the conv tokenizer; the last one is embed_dim
+    conv_channels: tuple[int, ...] = (64, 128)  # used by the conv tokenizer; the last one is embed_dim
     embed_dim: int = 128
     depth: int = 4
     num_heads: int = 4
@@ -230,35 +246,35 @@ class ViTConfig:
     pool: str = "attn"  # "cls" (class token), "mean", or "attn" (learned attention pooling)
     drop_rate: float = 0.0
     drop_path_rate: float = 0.1
-    mean: tuple = CIFAR10_MEAN
-    std: tuple = CIFAR10_STD
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
     # Blocks of different widths (a pruned model): one (heads, MLP hidden units) pair per block.
     # Empty means every block has num_heads heads and int(embed_dim * mlp_ratio) hidden units.
-    block_widths: tuple = ()
+    block_widths: tuple[tuple[int, int], ...] = ()
     head_dim: int = 0  # width of one head; 0 means embed_dim // num_heads
 
     @property
-    def head_width(self):
+    def head_width(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
 
-    def widths(self):
+    def widths(self) -> list[tuple[int, ...]]:
         """[(heads, MLP hidden units)] of every block, whether or not they differ."""
         if self.block_widths:
             return [tuple(w) for w in self.block_widths]
         return [(self.num_heads, int(self.embed_dim * self.mlp_ratio))] * self.depth
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: Mapping[str, Any]) -> ViTConfig:
         d = config_fields(cls, d, tuples=("conv_channels", "mean", "std"))
         if "block_widths" in d:
             d["block_widths"] = tuple(tuple(int(v) for v in w) for w in d["block_widths"])
         return cls(**d)
 
 
-class WeightsDigest:
+class WeightsDigest(nn.Module):
     """``model.weights_sha256``: the digest of the weights the model holds now, computed when
     asked, so that a pruned, fine-tuned or copied model never carries its original's digest."""
 
@@ -271,7 +287,10 @@ class VisionTransformer(WeightsDigest, nn.Module):
     """A Vision Transformer for small images. Input: float images in [0, 1], (B, 3, H, W).
     Output: logits (B, num_classes)."""
 
-    def __init__(self, cfg: ViTConfig = None, **overrides):
+    mean: torch.Tensor  # buffers (registered in __init__)
+    std: torch.Tensor
+
+    def __init__(self, cfg: ViTConfig | None = None, **overrides: Any) -> None:
         super().__init__()
         cfg = cfg or ViTConfig()
         if overrides:
@@ -281,6 +300,7 @@ class VisionTransformer(WeightsDigest, nn.Module):
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1), persistent=False)
 
+        self.patch_embed: PatchEmbed | ConvTokenizer
         if cfg.tokenizer == "patch":
             self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, D)
         elif cfg.tokenizer == "conv":
@@ -314,7 +334,7 @@ class VisionTransformer(WeightsDigest, nn.Module):
         self.head = nn.Linear(D, cfg.num_classes)
         self.apply(_init_weights)
 
-    def forward_features(self, x):
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
         x = self.patch_embed(x)
         if self.cls_token is not None:
@@ -324,23 +344,23 @@ class VisionTransformer(WeightsDigest, nn.Module):
             x = block(x)
         return self.norm(x)
 
-    def pool(self, x):
+    def pool(self, x: torch.Tensor) -> torch.Tensor:
         if self.cfg.pool == "cls":
             return x[:, 0]
-        if self.cfg.pool == "mean":
+        if self.attn_pool is None:  # pool == "mean"
             return x.mean(dim=1)
         # Attention pooling: a learned score per token, softmax over tokens, weighted sum.
         w = torch.softmax(self.attn_pool(x), dim=1)  # (B, N, 1)
         return (w * x).sum(dim=1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(self.forward_features(x)))
 
     @torch.no_grad()
-    def pool_weights(self, x):
+    def pool_weights(self, x: torch.Tensor) -> torch.Tensor:
         """Attention-pooling weights (B, N): how much each token contributes to the prediction.
         With the conv tokenizer, token i covers one cell of an 8x8 grid over the image."""
-        if self.cfg.pool != "attn":
+        if self.attn_pool is None:  # pool != "attn"
             raise ValueError("pool_weights needs a model with pool='attn'")
         return torch.softmax(self.attn_pool(self.forward_features(x)), dim=1).squeeze(-1)
 
@@ -349,7 +369,8 @@ class TextTransformer(nn.Module):
     """The attention article's text Transformer, repaired: token embedding + position embedding,
     N pre-norm blocks, and a linear head to the vocabulary at every position."""
 
-    def __init__(self, vocab_size, embed_dim=64, depth=2, num_heads=4, max_len=64, mlp_ratio=2.0):
+    def __init__(self, vocab_size: int, embed_dim: int = 64, depth: int = 2, num_heads: int = 4,
+                 max_len: int = 64, mlp_ratio: float = 2.0) -> None:
         super().__init__()
         self.tok_embed = nn.Embedding(vocab_size, embed_dim)
         self.pos_embed = nn.Parameter(torch.randn(1, max_len, embed_dim) * 0.02)
@@ -358,7 +379,8 @@ class TextTransformer(nn.Module):
         self.head = nn.Linear(embed_dim, vocab_size)
         self.apply(_init_weights)
 
-    def forward(self, tokens, mask=None):  # (B, L) int -> (B, L, vocab_size)
+    def forward(self, tokens: torch.Tensor,
+                mask: torch.Tensor | None = None) -> torch.Tensor:  # (B, L) int -> (B, L, vocab_size)
         x = self.tok_embed(tokens)
         x = x + self.pos_embed[:, : tokens.shape[1]]
         for block in self.blocks:
@@ -366,7 +388,7 @@ class TextTransformer(nn.Module):
         return self.head(self.norm(x))
 
 
-def _init_weights(m):
+def _init_weights(m: nn.Module) -> None:
     # Truncated-normal linear weights and zero biases, the usual ViT initialisation.
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
@@ -377,7 +399,7 @@ def _init_weights(m):
 
 
 @contextlib.contextmanager
-def attention_maps(model):
+def attention_maps(model: nn.Module) -> Iterator[dict[str, torch.Tensor]]:
     """Collect the attention weights of every ``Attention`` in ``model`` while inside the block.
 
         with attention_maps(model) as maps:
@@ -389,10 +411,12 @@ def attention_maps(model):
     flag to set and stays what ``torch.export`` and ``torch.compile`` accept. Fused attention
     never forms the weights; turn ``fused`` off to see them.
     """
-    maps, handles = {}, []
+    maps: dict[str, torch.Tensor] = {}
+    handles: list[RemovableHandle] = []
     for name, module in model.named_modules():
         if isinstance(module, Attention):
-            def keep(mod, args, out, name=name or "attn"):
+            def keep(mod: nn.Module, args: tuple[Any, ...], out: torch.Tensor,
+                     name: str = name or "attn") -> None:
                 maps[name] = out.detach()
             handles.append(module.attn_map.register_forward_hook(keep))
     try:

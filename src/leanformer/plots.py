@@ -1,22 +1,33 @@
 """Plots shared by the lessons, in one style, with a font that renders Chinese tokens."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import matplotlib
 import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 from matplotlib.ticker import MaxNLocator
 import numpy as np
+from numpy.typing import ArrayLike
 from matplotlib import font_manager
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FONT_PATH = Path(__file__).parent / "fonts" / "NotoSansSC-course-subset.otf"
 
 
-def _as_uint8(images):
+def _as_uint8(images: ArrayLike) -> np.ndarray:
     """uint8 images stay as they are; float images in [0, 1] become uint8."""
     images = np.asarray(images)
     return images if images.dtype == np.uint8 else (np.clip(images, 0, 1) * 255).astype(np.uint8)
 
 
-def use_course_style():
+def use_course_style() -> None:
     """Register the shipped CJK font as a fallback and set the book's figure defaults."""
     font_manager.fontManager.addfont(str(FONT_PATH))
     cjk = font_manager.FontProperties(fname=str(FONT_PATH)).get_name()
@@ -31,8 +42,9 @@ def use_course_style():
     matplotlib.rcParams["axes.spines.right"] = False
 
 
-def attention_heatmap(weights, query_labels, key_labels, ax=None, title="Attention weights",
-                      annotate=True, vmax=1.0):
+def attention_heatmap(weights: ArrayLike, query_labels: Sequence[str], key_labels: Sequence[str],
+                      ax: Axes | None = None, title: str = "Attention weights",
+                      annotate: bool = True, vmax: float = 1.0) -> AxesImage:
     """Heatmap of a (queries, keys) attention-weight matrix: row i says where query i looks.
     Weights are probabilities, so every heatmap shares one colour scale, 0 to ``vmax`` (1 by
     default): the same colour means the same weight in every panel. Returns the image, for
@@ -53,7 +65,8 @@ def attention_heatmap(weights, query_labels, key_labels, ax=None, title="Attenti
     return im
 
 
-def show_images(images, titles=None, ncols=8, scale=1.1, suptitle=None):
+def show_images(images: ArrayLike, titles: Sequence[str] | None = None, ncols: int = 8,
+                scale: float = 1.1, suptitle: str | None = None) -> Figure:
     """Show a grid of (N, 3, H, W) images (uint8, or float in [0, 1])."""
     images = _as_uint8(images)
     n = len(images)
@@ -72,7 +85,8 @@ def show_images(images, titles=None, ncols=8, scale=1.1, suptitle=None):
     return fig
 
 
-def show_patch_sequence(image, patch_size=4, per_line=16, suptitle=None):
+def show_patch_sequence(image: ArrayLike, patch_size: int = 4, per_line: int = 16,
+                        suptitle: str | None = None) -> Figure:
     """One (3, H, W) image (uint8, or float in [0, 1]) cut into patch_size x patch_size patches:
     on the left the image with the patch grid, on the right the same patches read row by row as
     a sequence of tokens, ``per_line`` tokens to a line with a white gap between tokens."""
@@ -109,7 +123,9 @@ def show_patch_sequence(image, patch_size=4, per_line=16, suptitle=None):
     return fig
 
 
-def show_token_windows(image, windows, row=3, cols=(3, 4), grid=8, suptitle=None):
+def show_token_windows(image: ArrayLike, windows: Mapping[str, Callable[[int], tuple[int, int]]],
+                       row: int = 3, cols: Sequence[int] = (3, 4), grid: int = 8,
+                       suptitle: str | None = None) -> Figure:
     """The pixels that neighbouring tokens see, one panel per tokenizer. ``windows`` maps a
     tokenizer's name to a function from a token's grid row to the (first, last) pixel rows it
     sees (the same function serves columns; ``ConvTokenizer.token_window`` is one). The tokens
@@ -139,7 +155,7 @@ def show_token_windows(image, windows, row=3, cols=(3, 4), grid=8, suptitle=None
     return fig
 
 
-def plot_history(history, title="Training curves"):
+def plot_history(history: Sequence[Mapping[str, float]], title: str = "Training curves") -> Figure:
     """Loss and accuracy per epoch from a training history (a list of dicts)."""
     epochs = [h["epoch"] for h in history]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -158,7 +174,9 @@ def plot_history(history, title="Training curves"):
     return fig
 
 
-def accuracy_curves(runs, ax=None, lines=None, first_epoch=1, style="-", key="test_acc"):
+def accuracy_curves(runs: Mapping[str, nn.Module | Mapping[str, Any]], ax: Axes | None = None,
+                    lines: Mapping[str, float] | None = None, first_epoch: int = 1,
+                    style: str = "-", key: str = "test_acc") -> Axes:
     """Test accuracy (%) after each epoch of several training runs, read from their records.
 
     runs:   {label: a model with ``.provenance``, or a provenance dict}; each record's
@@ -169,7 +187,9 @@ def accuracy_curves(runs, ax=None, lines=None, first_epoch=1, style="-", key="te
     Returns the axes, for a title and a legend of the lesson's own."""
     ax = ax or plt.gca()
     for label, run in runs.items():
-        history = getattr(run, "provenance", run)["history"]
+        # getattr: nn.Module's type does not declare the ``provenance`` a trained or loaded model has.
+        record = run if isinstance(run, Mapping) else getattr(run, "provenance")
+        history = record["history"]
         points = [(e["epoch"], 100 * e[key]) for e in history if e["epoch"] >= first_epoch]
         ax.plot(*zip(*points), style, ms=3, label=label)
     for (label, acc), ls in zip((lines or {}).items(), (":", "--", "-.", (0, (1, 3)))):
@@ -179,7 +199,8 @@ def accuracy_curves(runs, ax=None, lines=None, first_epoch=1, style="-", key="te
     return ax
 
 
-def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
+def plot_confusion(confusion: ArrayLike, classes: Sequence[str], title: str = "Confusion matrix",
+                   ax: Axes | None = None) -> Axes:
     """Row-normalised confusion matrix: row = true class, column = predicted class."""
     confusion = np.asarray(confusion, dtype=float)
     rates = confusion / confusion.sum(1, keepdims=True).clip(min=1)
@@ -198,9 +219,9 @@ def plot_confusion(confusion, classes, title="Confusion matrix", ax=None):
     return ax
 
 
-def show_token_maps(images, maps, titles: list[str] | None = None, suptitle: str | None = None,
-                    scale: float = 1.6, colorbar_label: str = "token weight",
-                    ncols: int | None = None):
+def show_token_maps(images: ArrayLike, maps: ArrayLike, titles: Sequence[str] | None = None,
+                    suptitle: str | None = None, scale: float = 1.6,
+                    colorbar_label: str = "token weight", ncols: int | None = None) -> Figure:
     """Each image above its square token-weight map (e.g. attention pooling over 8x8 tokens).
 
     Every map is drawn on one colour scale, from 0 to the largest weight of all maps, one flat

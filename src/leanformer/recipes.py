@@ -5,6 +5,7 @@ A recipe is data. A variant names the recipe it starts from and only what it cha
 ``RECIPES`` reads as the list of the course's runs and how they differ.
 """
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from typing import Any
 
 
 @dataclass
@@ -13,7 +14,7 @@ class Recipe:
 
     name: str
     arch: str = "vit"  # "vit" (VisionTransformer) or "convnet" (ConvNet): a name in families.ARCHS
-    model: dict = field(default_factory=dict)  # overrides of the arch's config (ViTConfig, ConvNetConfig)
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the arch's config (ViTConfig, ConvNetConfig)
     epochs: int = 10
     batch_size: int = 128
     lr: float = 2e-3
@@ -35,11 +36,11 @@ class Recipe:
     precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (leanformer.precision)
     seed: int = 0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @staticmethod
-    def defaults() -> dict:
+    def defaults() -> dict[str, Any]:
         """The default of every field that has one: what a record from before a field existed
         means by leaving it out."""
         return {f.name: f.default for f in fields(Recipe) if f.default is not MISSING}
@@ -52,7 +53,7 @@ class RecipeError(ValueError):
 RECIPES: dict[str, Recipe] = {}
 
 
-def _add(name: str, like: str | None = None, **changes) -> None:
+def _add(name: str, like: str | None = None, **changes: Any) -> None:
     """Register recipe ``name``: recipe ``like`` with ``changes``, or a new one from the defaults."""
     RECIPES[name] = replace(RECIPES[like], name=name, **changes) if like else Recipe(name=name, **changes)
 
@@ -114,7 +115,7 @@ _add("teacher-cnn-quick", like="teacher-cnn", model=dict(widths=(16, 32, 32)), e
      batch_size=128, warmup_epochs=0.5)
 
 
-def get_recipe(name: str, **overrides) -> Recipe:
+def get_recipe(name: str, **overrides: Any) -> Recipe:
     """A copy of recipe ``name`` with ``overrides`` of its fields (``get_recipe("quick",
     epochs=1)``). An unknown name or field raises ``RecipeError`` naming the known ones."""
     if name not in RECIPES:

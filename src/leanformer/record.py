@@ -8,9 +8,16 @@ labels, ``test_set_sha256``, which the training commands record. Records written
 field existed name the archive they were trained and tested on (``data_sha256``); the archives the
 course knows map to their test set's digest below.
 """
+from __future__ import annotations
+
 import hashlib
+from typing import TYPE_CHECKING, Any
 
 import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from .data import CIFAR10
 
 # The 10,000 test images of the course's JPEG (quality 75) copy of CIFAR-10, as decoded by
 # leanformer.data: the same pixels whether they come from the full JPEG archive or from the
@@ -26,7 +33,7 @@ KNOWN_ARCHIVES = {
 }
 
 
-def test_set_sha256(data) -> str:
+def test_set_sha256(data: CIFAR10) -> str:
     """A digest of a data set's test images (uint8 pixels) and labels: two loads of the same
     images agree, whatever file they came from; one changed pixel or label does not."""
     digest = hashlib.sha256()
@@ -35,7 +42,7 @@ def test_set_sha256(data) -> str:
     return digest.hexdigest()
 
 
-def recorded_test_set(provenance: dict) -> str | None:
+def recorded_test_set(provenance: dict[str, Any]) -> str | None:
     """The digest of the test set a record's accuracies were measured on, or None when the
     record does not say (an archive the course does not know, or no archive at all)."""
     if provenance.get("test_set_sha256"):
@@ -43,10 +50,15 @@ def recorded_test_set(provenance: dict) -> str | None:
     return KNOWN_ARCHIVES.get(provenance.get("data_sha256") or "")
 
 
-def recorded_accuracy(model_or_provenance, data, key: str = "test_acc") -> float | None:
+def recorded_accuracy(model_or_provenance: nn.Module | dict[str, Any], data: CIFAR10,
+                      key: str = "test_acc") -> float | None:
     """The accuracy a record holds under ``key`` when it was measured on ``data``'s test set;
     None when it was not, or when the record cannot tell, so that the caller measures it."""
-    provenance = getattr(model_or_provenance, "provenance", model_or_provenance) or {}
+    provenance: dict[str, Any]
+    if isinstance(model_or_provenance, dict):
+        provenance = model_or_provenance
+    else:  # a model without a record (no ``.provenance``) has nothing to stand in
+        provenance = getattr(model_or_provenance, "provenance", None) or {}
     if key not in provenance:
         return None
     recorded = recorded_test_set(provenance)
