@@ -8,7 +8,7 @@ INSTALLED := $(VENV)/.installed
 # (leanformer.measure.measure_costs), since a test run's timings are not read.
 TEST_ENV := LEANFORMER_MODE=quick LEANFORMER_OFFLINE=1 MPLBACKEND=Agg
 
-.PHONY: test book lab notebooks stamp benchmark reference clean
+.PHONY: test typecheck book lab notebooks stamp benchmark reference clean
 
 $(INSTALLED): requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ $(INSTALLED): requirements.txt pyproject.toml
 # time goes as lessons are added.
 # tests/conftest.py hands the lessons out longest first (by the cell times stored in each
 # notebook), so that the longest one does not start last and run alone.
-test: $(INSTALLED)
+test: $(INSTALLED) typecheck
 	OMP_NUM_THREADS=1 LEANFORMER_TIMING=brief $(TEST_ENV) $(PY) -m pytest -n 2 --dist loadfile --nbval-lax --nbval-current-env --durations=15
+
+## mypy over the package: every public function has type hints (tests/test_types.py), and the
+## code must agree with them. Settings in pyproject.toml.
+typecheck: $(INSTALLED)
+	$(PY) -m mypy
 
 ## The static book in _build/html, warnings as errors. Notebooks are not re-executed.
 book: $(INSTALLED)

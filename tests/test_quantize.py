@@ -200,7 +200,9 @@ def test_each_quantized_model_saves_and_loads_with_outputs_unchanged(kind, gz, t
         assert (expected - model(x)).abs().max() < 0.1 * model(x).abs().max()
     path = Q.save_quantized(q, tmp_path / (("m.pt2" if kind == "pt2e" else "m.pt") + gz), source=model)
     loaded, record = Q.load_quantized(path)
-    assert record == q.quantization
+    # an exported program keeps no header: the float model's parameter count stays behind
+    pt2 = ".pt2" in path.suffixes
+    assert record == {k: v for k, v in q.quantization.items() if k != "parameters" or not pt2}
     with torch.no_grad():
         assert torch.equal(loaded(x), expected)
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left behind

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from .config import REFERENCE  # noqa: F401 (lessons import the reference's path from here)
-from .families import ARCHS, arch_of, create_model
+from .families import ARCHS, Model, arch_of, create_model
 from .files import atomic_write, tensors_sha256
 
 # The file format's name predates the ConvNet; the metadata key "arch" tells the families apart.
@@ -86,7 +86,7 @@ def first_mismatch(error: Exception) -> str:
     return (lines[0] if lines else str(error)).rstrip(".")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> Model:
     """Load a model file: returns a VisionTransformer or a ConvNet (as the file's "arch" says) in
     eval mode that takes float images in [0, 1] of shape (N, 3, 32, 32) and returns logits over
     CIFAR-10's 10 classes."""

@@ -5,15 +5,16 @@ dict; ``create_model`` turns the two back into a model, as timm's ``create_model
 registry, and ``arch_of`` gives the name of a model's family. A new family is one entry in
 ``ARCHS``.
 """
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, cast
 
 from torch import nn
 
 from .convnet import ConvNet, ConvNetConfig
 from .model import ViTConfig, VisionTransformer
 
-# The config of any family's model.
+# The config of any family's model, and any family's model.
 ModelConfig: TypeAlias = ViTConfig | ConvNetConfig
+Model: TypeAlias = VisionTransformer | ConvNet
 
 # arch name -> (config class, model class). Each model class takes the config class of its own
 # entry, a pairing that ``create_model`` checks when it runs.
@@ -21,7 +22,7 @@ ARCHS: dict[str, tuple[type[ModelConfig], type[nn.Module]]] = {
     "vit": (ViTConfig, VisionTransformer), "convnet": (ConvNetConfig, ConvNet)}
 
 
-def create_model(arch: str, cfg: dict[str, Any] | ModelConfig) -> nn.Module:
+def create_model(arch: str, cfg: dict[str, Any] | ModelConfig) -> Model:
     """A freshly initialised model of family ``arch`` from its config, or from a dict of config
     fields (``from_dict``: a field the config does not have is refused). Seed torch first for
     reproducible weights."""
@@ -33,7 +34,7 @@ def create_model(arch: str, cfg: dict[str, Any] | ModelConfig) -> nn.Module:
     elif not isinstance(cfg, config_cls):
         raise TypeError(f"arch {arch!r} takes a {config_cls.__name__} or a dict, "
                         f"not a {type(cfg).__name__}")
-    return model_cls(cfg)
+    return cast(Model, model_cls(cfg))  # ARCHS pairs each config class with its model class
 
 
 def arch_of(model: nn.Module) -> str | None:

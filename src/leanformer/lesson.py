@@ -20,8 +20,10 @@ places: the book's ``remove-input`` tag, JupyterLab's ``source_hidden`` and Cola
 view (``PROSE_METADATA``).
 """
 import logging
+import os
 import random
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from .config import is_quick  # setup reads it; lessons may call lesson.is_quick() too
 
@@ -89,7 +91,7 @@ PROSE_TITLE = "#@title This run's numbers, in words"
 PROSE_METADATA = {"tags": ["remove-input"], "jupyter": {"source_hidden": True}, "cellView": "form"}
 
 
-def glue(name, value):
+def glue(name: str, value: Any) -> Any:
     """Keep ``value`` under ``name`` for the sentences that ``say`` writes, and return it. A
     numpy or torch scalar is kept as the Python number it holds."""
     if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
@@ -98,7 +100,7 @@ def glue(name, value):
     return value
 
 
-def render(template, values=None):
+def render(template: str, values: Mapping[str, Any] | None = None) -> str:
     """``template`` (dedented, stripped) with each ``{name}`` or ``{name:format}`` filled from
     ``values`` (by default, every value glued so far). Literal braces are written ``{{`` and
     ``}}``, as in ``str.format``."""
@@ -114,7 +116,7 @@ def render(template, values=None):
                        f"run the cell that calls lesson.glue({name!r}, ...) first") from None
 
 
-def say(template, **values):
+def say(template: str, **values: Any) -> None:
     """Display ``template`` as Markdown, filled from the glued values (and ``values``, which
     take precedence). In a notebook the output is Markdown with the same text as its plain
     fallback; elsewhere the text is printed."""
@@ -131,7 +133,7 @@ def say(template, **values):
     display({"text/markdown": text, "text/plain": text}, raw=True)
 
 
-def load_or_train(path, train, retrain=False):
+def load_or_train(path: str | os.PathLike, train: Callable[[], Any], retrain: bool = False) -> Any:
     """The model saved at ``path``; if the file is missing, or ``retrain`` is set (a lesson in
     full mode, say), ``train()`` makes it here instead and its result is returned (not saved: the
     training commands save models, with their provenance)."""
@@ -145,7 +147,7 @@ def load_or_train(path, train, retrain=False):
     return train()
 
 
-def show_source(obj):
+def show_source(obj: Any) -> None:
     """Display the source of a leanformer class or function, so that a lesson shows the code it
     uses without copying it."""
     import inspect

@@ -276,7 +276,10 @@ class ViTConfig:
 
 class WeightsDigest(nn.Module):
     """``model.weights_sha256``: the digest of the weights the model holds now, computed when
-    asked, so that a pruned, fine-tuned or copied model never carries its original's digest."""
+    asked, so that a pruned, fine-tuned or copied model never carries its original's digest.
+    ``model.provenance`` is the record of how it was made (``load_model`` and ``fit`` set it)."""
+
+    provenance: dict[str, Any]
 
     @property
     def weights_sha256(self) -> str:

@@ -14,6 +14,7 @@ costs no more than importing torch.
 """
 import argparse
 import sys
+from typing import NoReturn
 
 from ..checkpoint import CheckpointError
 from ..data import DataError
@@ -37,7 +38,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with a usage error in one line (exit status 2) rather than the usage text
     followed by it: the line says what is wrong, and -h says the rest."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} -h)\n")
 
 

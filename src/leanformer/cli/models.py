@@ -2,6 +2,7 @@
 ``prune`` (remove heads and MLP units), ``sparsity-sweep`` (zero weights at several sparsities
 and fine-tune each), ``quantize`` (an int8 file), ``evaluate`` (test accuracy) and ``costs``
 (models side by side)."""
+import argparse
 import json
 import time
 from pathlib import Path
@@ -13,14 +14,18 @@ from ..evaluate import accuracies_with_tta, evaluate
 from ..files import atomic_write, sha256_file
 from ..machine import machine_info
 from ..measure import measure_costs, show_costs
+from ..model import VisionTransformer
 from ..prune import prune_by_score, sparsity_sweep
 from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
 from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
 
 
-def cmd_prune(args):
+def cmd_prune(args: argparse.Namespace) -> None:
     model = load_model(args.model)
+    if not isinstance(model, VisionTransformer):
+        raise UsageError(f"{args.model} holds a {type(model).__name__}; prune removes the heads and "
+                         "MLP units of a VisionTransformer")
     data = _data(args.data) if args.score == "taylor" else None
     try:
         pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score, data,
@@ -38,7 +43,7 @@ def cmd_prune(args):
           f"wrote {args.out} (sha256 {sha[:12]}…)")
 
 
-def cmd_sparsity_sweep(args):
+def cmd_sparsity_sweep(args: argparse.Namespace) -> None:
     bad = [level for level in args.levels if not 0 <= level < 1]
     if bad:
         raise UsageError(f"--levels are shares of weights to zero, each in [0, 1); got {bad}")
@@ -52,7 +57,7 @@ def cmd_sparsity_sweep(args):
         for row in rows:
             path = Path(args.save_dir) / f"sparse-{100 * row['sparsity']:g}.safetensors"
             _save_with_json(models[row["sparsity"]], path, {
-                **models[row["sparsity"]].provenance,  # the fine-tune's record: history, machine
+                **getattr(models[row["sparsity"]], "provenance"),  # the fine-tune's record: history, machine
                 "command": command, "pruned_from": {"path": str(args.model),
                                                      "weights_sha256": model.weights_sha256},
                 "sparsity": row["sparsity"], "scope": "global", "recipe": recipe.to_dict(),
@@ -92,7 +97,7 @@ def _load(path):
                           ".pt / .pt2 from `python -m leanformer quantize`, optionally .gz)")
 
 
-def cmd_evaluate(args):
+def cmd_evaluate(args: argparse.Namespace) -> None:
     model = _load(args.model)
     data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
     acc, loss = evaluate(model, data.test_images, data.test_labels)
@@ -122,7 +127,7 @@ def _quantize_paths():
     return {_path_slug(name): name for name in PATHS}
 
 
-def cmd_quantize(args):
+def cmd_quantize(args: argparse.Namespace) -> None:
     path = _quantize_paths()[args.path]
     out = Path(args.out)
     wanted = ".pt2" if path.startswith("PT2E") else ".pt"
@@ -143,7 +148,7 @@ def cmd_quantize(args):
           + (f", calibrated on {len(calibration):,} training images" if calibration is not None else ""))
 
 
-def cmd_costs(args):
+def cmd_costs(args: argparse.Namespace) -> None:
     names = [Path(m).name for m in args.models]
     if len(set(names)) < len(names):
         names = [str(m) for m in args.models]

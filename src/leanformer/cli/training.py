@@ -1,6 +1,7 @@
 """The commands that train: ``train`` (a recipe from scratch, or a fine-tune of a model, with a
 teacher or quantization-aware if asked) and ``distill-sweep`` (a student per distillation
 setting)."""
+import argparse
 import inspect
 import sys
 import time
@@ -81,7 +82,7 @@ def _qat_group_default():
     return inspect.signature(prepare_qat).parameters["group_size"].default or 0
 
 
-def cmd_train(args):
+def cmd_train(args: argparse.Namespace) -> None:
     # Every check of the flags comes before anything is loaded or trained.
     setting = _distillation_setting(args)
     if args.qat_bits is None and args.qat_group is not None:
@@ -116,13 +117,14 @@ def cmd_train(args):
     qat = None
     if args.qat_bits is not None:
         group = _qat_group_default() if args.qat_group is None else args.qat_group
+        assert start is not None  # --qat-bits without --init was refused above
         uneven = [f"{n} ({m.in_features})" for n, m in start.named_modules()
                   if isinstance(m, nn.Linear) and group and m.in_features % group]
         if uneven:
             raise UsageError(f"--qat-group {group} must divide the inputs of every Linear layer; "
                              f"it does not divide {', '.join(uneven[:3])}")
         prepare_qat(start, args.qat_bits, group or None)
-        qat = dict(start.qat)
+        qat = dict(getattr(start, "qat"))  # the scheme prepare_qat put on the model
     data = _data(args.data)
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start,
                          loss_fn=loss_fn)
@@ -133,7 +135,7 @@ def cmd_train(args):
         print(f"quantized ({qat['weight_bits']}-bit weights): test accuracy {qat['test_acc_quantized']:.4f}")
     accuracies = accuracies_with_tta(model, data)
     provenance = {
-        **model.provenance,
+        **getattr(model, "provenance"),  # fit's training record
         "command": _command(args),
         "data_sha256": _data_sha256(args.data),
         "init": init,
@@ -148,7 +150,7 @@ def cmd_train(args):
           f"wrote {model_path}")
 
 
-def cmd_distill_sweep(args):
+def cmd_distill_sweep(args: argparse.Namespace) -> None:
     teacher = checkpoint.load_model(args.teacher)
     settings = sweep_settings(args.temperatures, args.alphas, args.hard_alphas)
     about = {"command": _command(args),
