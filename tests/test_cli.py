@@ -315,3 +315,24 @@ def test_make_subset_reports_a_bad_source_in_one_line(tmp_path):
     assert str(e.value.code).startswith("error: make-subset: no archive at")
     assert "\n" not in str(e.value.code)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_distill_sweep_trains_each_setting_once_and_resumes(tmp_path, tiny_folder, tmp_cache, make_tiny_vit,
+                                                            monkeypatch):
+    import leanformer.distill
+
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(make_tiny_vit(1), teacher)
+    out = tmp_path / "sweep.json"
+    argv = ["distill-sweep", "--teacher", str(teacher), "--recipe", "quick", "--data", str(tiny_folder),
+            "--temperatures", "2", "--alphas", "0.5", "--hard-alphas", "--out", str(out)]
+    real_fit, trained = leanformer.distill.fit, []
+    monkeypatch.setattr(leanformer.distill, "fit", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
+    main(argv)
+    table = json.loads(out.read_text())
+    assert [(r["kind"], r["alpha"], r["temperature"]) for r in table["results"]] == [
+        ("soft", 0.0, 1.0), ("soft", 0.5, 2.0)]  # the labels alone, then the one setting asked for
+    assert table["teacher"]["weights_sha256"] == load_model(teacher).weights_sha256
+    assert table["command"].startswith("python -m leanformer distill-sweep") and len(trained) == 2
+    main(argv)  # a second run finds every setting done: nothing is trained again
+    assert len(trained) == 2 and json.loads(out.read_text())["results"] == table["results"]
