@@ -336,3 +336,13 @@ def test_distill_sweep_trains_each_setting_once_and_resumes(tmp_path, tiny_folde
     assert table["command"].startswith("python -m leanformer distill-sweep") and len(trained) == 2
     main(argv)  # a second run finds every setting done: nothing is trained again
     assert len(trained) == 2 and json.loads(out.read_text())["results"] == table["results"]
+
+
+def test_a_trained_model_names_its_test_set_so_its_accuracy_can_stand_in(tmp_path, tiny_folder, tmp_cache):
+    from leanformer.data import load_cifar10
+    from leanformer.record import recorded_accuracy, test_set_sha256
+
+    main(train_args(tmp_path, tiny_folder))
+    model, data = load_model(tmp_path / "quick.safetensors"), load_cifar10(tiny_folder, verbose=False)
+    assert model.provenance["test_set_sha256"] == test_set_sha256(data)
+    assert recorded_accuracy(model, data) == model.provenance["test_acc"]

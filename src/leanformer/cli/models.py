@@ -18,6 +18,7 @@ from ..model import VisionTransformer
 from ..prune import prune_by_score, sparsity_sweep
 from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
+from ..record import recorded_accuracy, test_set_sha256
 from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
 
 
@@ -62,12 +63,10 @@ def cmd_sparsity_sweep(args: argparse.Namespace) -> None:
                                                      "weights_sha256": model.weights_sha256},
                 "sparsity": row["sparsity"], "scope": "global", "recipe": recipe.to_dict(),
                 "data_source": data.source, "test_images": len(data.test_labels),
-                "test_acc": row["fine-tuned"], "train_wall_time_s": row["fine-tune (s)"],
+                "test_set_sha256": test_set_sha256(data), "test_acc": row["fine-tuned"], "train_wall_time_s": row["fine-tune (s)"],
                 "epochs": recipe.epochs, "train_images_seen": recipe.epochs * len(data.train_labels)})
     # The highest sparsity within a point of the checkpoint's recorded accuracy on these test images.
-    ref_acc = model.provenance.get("test_acc")
-    if model.provenance.get("test_images") != len(data.test_labels):
-        ref_acc = None
+    ref_acc = recorded_accuracy(model, data)  # None unless measured on these very test images
     within = [r["sparsity"] for r in rows if ref_acc is not None and r["fine-tuned"] >= ref_acc - 0.01]
     result = {
         "command": command,
