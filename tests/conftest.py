@@ -43,20 +43,25 @@ def tiny_folder(tmp_path_factory):
 
 
 
+def tiny_vit(seed: int = 0, **cfg):
+    """A small Vision Transformer in eval mode, its weights drawn from ``seed``: by default one
+    block (conv tokenizer with 16 and 32 channels, 32 wide, 2 heads, 64 MLP units); ``cfg``
+    overrides any ``ViTConfig`` field. A model file in milliseconds. Test modules import it
+    (``from conftest import tiny_vit``) or take the ``make_tiny_vit`` fixture."""
+    import torch
+
+    from leanformer.model import ViTConfig, VisionTransformer
+
+    torch.manual_seed(seed)
+    fields = {"tokenizer": "conv", "conv_channels": (16, 32), "embed_dim": 32, "depth": 1, "num_heads": 2,
+              **cfg}
+    return VisionTransformer(ViTConfig(**fields)).eval()
+
+
 @pytest.fixture(scope="session")
 def make_tiny_vit():
-    """``make_tiny_vit(seed)``: a one-block Vision Transformer (conv tokenizer, 32 wide, 2 heads,
-    64 MLP units) in eval mode, its weights drawn from ``seed``: a model file in milliseconds."""
-    def make(seed=0):
-        import torch
-
-        from leanformer.model import ViTConfig, VisionTransformer
-
-        torch.manual_seed(seed)
-        return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                           depth=1, num_heads=2)).eval()
-
-    return make
+    """``make_tiny_vit(seed, **cfg)``: ``tiny_vit`` as a fixture."""
+    return tiny_vit
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import torch
 from leanformer import load_model
 from leanformer.cli import main
 from leanformer.checkpoint import save_model
-from leanformer.model import ViTConfig, VisionTransformer
 
 
 def train_args(out, data, *more):
@@ -164,9 +163,7 @@ def test_train_names_the_recipes_when_one_is_unknown(tmp_path):
 def test_a_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tiny_folder, make_tiny_vit):
     start, teacher = tmp_path / "start.safetensors", tmp_path / "teacher.safetensors"
     save_model(make_tiny_vit(), start, {"note": "the starting model's own record"})
-    torch.manual_seed(1)
-    save_model(VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                           depth=1, num_heads=2)), teacher)
+    save_model(make_tiny_vit(1), teacher)
     run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "finetune-brief",
                           "--init", str(start), "--teacher", str(teacher), "--alpha", "0.5",
                           "--temperature", "2", "--data", str(tiny_folder), "--out", str(tmp_path),

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_vit as shared_tiny_vit
 from torch import nn
 
 import leanformer
@@ -34,11 +35,7 @@ def test_flops_of_a_linear_layer_and_of_a_block():
 
 
 def tiny_vit(**widths):
-    from leanformer.model import ViTConfig, VisionTransformer
-
-    torch.manual_seed(0)
-    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                       depth=2, num_heads=4, **widths)).eval()
+    return shared_tiny_vit(depth=2, num_heads=4, **widths)
 
 
 def test_components_add_up_and_follow_the_formula():

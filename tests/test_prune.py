@@ -1,9 +1,9 @@
 import pytest
 import torch
+from conftest import tiny_vit
 
 from leanformer import load_model, save_model
 from leanformer.measure import attention_flops, component_costs, mlp_flops, safetensors_bytes
-from leanformer.model import ViTConfig, VisionTransformer
 from leanformer.prune import (csr_tensors, drop_one_head_losses, from_csr_tensors, gzip_bytes, importance,
                               keep_top, kept_by, magnitude_prune, prunable_weights, prune_linear, prune_model,
                               prune_with_torch_pruning, remove_masks, sparse_file_bytes, sparsity_sweep,
@@ -11,10 +11,11 @@ from leanformer.prune import (csr_tensors, drop_one_head_losses, from_csr_tensor
 from leanformer.recipes import get_recipe
 
 
+SHAPE = dict(depth=2, num_heads=4, mlp_ratio=2.0)  # two blocks of 4 heads and 64 units to cut
+
+
 def tiny():
-    torch.manual_seed(0)
-    return VisionTransformer(ViTConfig(tokenizer="conv", conv_channels=(16, 32), embed_dim=32,
-                                       depth=2, num_heads=4, mlp_ratio=2.0)).eval()
+    return tiny_vit(**SHAPE)
 
 
 def test_prune_linear_keeps_rows_with_their_bias_and_columns_without():

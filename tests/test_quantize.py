@@ -11,17 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import tiny_vit as shared_tiny_vit
 
 from leanformer import quantize as Q
 from leanformer.checkpoint import CheckpointError
 from leanformer.measure import count_parameters
-from leanformer.model import VisionTransformer
 
 
 def tiny_vit():
-    torch.manual_seed(0)
-    return VisionTransformer(tokenizer="conv", conv_channels=(8, 32), embed_dim=32, depth=2,
-                             num_heads=2, pool="attn").eval()
+    return shared_tiny_vit(conv_channels=(8, 32), depth=2, pool="attn")
 
 
 def test_int_range():
