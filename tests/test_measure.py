@@ -210,3 +210,51 @@ def test_the_cost_modules_import_downward_only():
     for name, rank in RANKS.items():
         for target in package_imports(name):
             assert RANKS.get(target, rank) < rank, f"{name} imports {target}, which is not below it"
+
+
+def test_ratio_interval_pairs_the_rounds_and_the_verdict_reads_the_interval():
+    from leanformer.measure.timing import Spread, ratio_interval, verdict
+
+    base = [100.0, 60.0, 120.0, 90.0, 110.0, 70.0, 130.0, 95.0]  # a shared machine: rounds differ
+    fast = Spread.of([2 * v * (1 + 0.01 * (-1) ** i) for i, v in enumerate(base)])
+    slow = Spread.of(base)
+    assert fast.samples[:2] == (200.0 * 1.01, 120.0 * 0.99)  # kept in the order measured
+    median, low, high = ratio_interval(fast, slow)
+    assert 1.98 <= low <= median <= high <= 2.02  # round by round the ratio is steady...
+    assert fast.max / slow.min > 3 and fast.min / slow.max < 1  # ...though the ranges say little
+    assert verdict((median, low, high), 1.5) == "met"
+    assert verdict((median, low, high), 2.5) == "missed"
+    assert verdict((2.0, 1.9, 2.1), 2.0) == "at the margin"
+    with pytest.raises(ValueError, match="pairs the samples"):
+        ratio_interval(fast, Spread.of(base[:4]))
+
+
+def test_a_cost_with_samples_goes_to_json_and_back():
+    import json
+
+    from leanformer.measure import Cost
+    from leanformer.measure.timing import Spread
+
+    cost = Cost("m", throughput=Spread.of([3.0, 1.0, 2.0]))
+    back = Cost.from_dict(json.loads(json.dumps(cost.to_dict())))
+    assert back.throughput is not None and tuple(back.throughput.samples) == (3.0, 1.0, 2.0)
+
+
+def test_paired_comparison_counts_the_images_only_one_model_gets_right():
+    from leanformer.measure.stats import mcnemar_p, paired_comparison
+
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 2 ** 10)  # ten tosses, all one way
+    assert mcnemar_p(5, 5) == 1.0 and mcnemar_p(0, 0) == 1.0
+    a = torch.zeros(1000, dtype=torch.bool)
+    b = a.clone()
+    a[:600], b[:600] = True, True  # both right on 600 images
+    a[600:660] = True              # only a on 60 more, only b on 20
+    b[660:680] = True
+    result = paired_comparison(a, b)
+    assert (result.n, result.only_a, result.only_b) == (1000, 60, 20)
+    assert result.diff == pytest.approx(0.04) and result.low < 0.04 < result.high
+    assert result.low > 0 and result.p_value < 0.001  # 60 against 20 is no coin toss
+    same = paired_comparison(a, a)
+    assert (same.diff, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(ValueError, match="one boolean per test image"):
+        paired_comparison(a, b[:10])

@@ -63,8 +63,8 @@ class Cost:
         unknown = sorted(set(record) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"a Cost has no fields {unknown}")
-        spreads = {key: Spread(**record[key]) for key in ("latency_ms", "throughput")
-                   if record.get(key) is not None}
+        spreads = {key: Spread(**{**record[key], "samples": tuple(record[key].get("samples", ()))})
+                   for key in ("latency_ms", "throughput") if record.get(key) is not None}
         return cls(**{**record, **spreads, "notes": dict(record.get("notes") or {})})
 
 

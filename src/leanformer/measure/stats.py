@@ -1,5 +1,9 @@
 """What an accuracy says and how sure it is: the confusion matrix, accuracy per class, and the
-noise of a difference between two accuracies on the same test images."""
+noise of a difference between two accuracies on the same test images, and two models compared
+image by image (a paired test)."""
+import math
+from dataclasses import dataclass
+
 import torch
 
 
@@ -36,3 +40,49 @@ def compare_accuracy(name_a: str, acc_a: float, name_b: str, acc_b: float, n: in
     return (f"{head}. {ahead[0].upper() + ahead[1:]} is ahead by {100 * abs(diff):.1f} points, more than "
             f"twice the standard error (±{100 * noise:.1f} points); but it is one run each, so "
             "train both with another seed before crediting the recipe.")
+
+
+@dataclass
+class PairedComparison:
+    """Two models judged on the same test images: how many images only each gets right, the
+    difference in accuracy with a bootstrap interval over the images, and McNemar's exact test
+    of whether the two make different mistakes by more than chance."""
+
+    n: int
+    only_a: int
+    only_b: int
+    diff: float  # accuracy of a minus accuracy of b
+    low: float
+    high: float
+    p_value: float
+
+
+def mcnemar_p(only_a: int, only_b: int) -> float:
+    """McNemar's exact two-sided p-value: under the hypothesis that the two models are equally
+    good, each image that only one of them gets right is a fair coin toss between them."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    k = min(only_a, only_b)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(correct_a: torch.Tensor, correct_b: torch.Tensor, level: float = 0.95,
+                      n_boot: int = 2000, seed: int = 0) -> PairedComparison:
+    """Compare two models image by image: ``correct_a`` and ``correct_b`` are booleans, one per
+    test image, in the same order. The interval resamples the images, keeping each pair."""
+    if correct_a.shape != correct_b.shape or correct_a.ndim != 1:
+        raise ValueError(f"paired_comparison takes one boolean per test image for each model, in "
+                         f"the same order; got shapes {tuple(correct_a.shape)} and {tuple(correct_b.shape)}")
+    a, b = correct_a.bool(), correct_b.bool()
+    delta = a.double() - b.double()  # +1 where only a is right, -1 where only b is
+    generator = torch.Generator().manual_seed(seed)
+    boots = torch.cat([delta[torch.randint(len(delta), (min(200, n_boot - i), len(delta)),
+                                           generator=generator)].mean(dim=1)
+                       for i in range(0, n_boot, 200)])  # 200 resamples at a time: bounded memory
+    tail = (1 - level) / 2
+    low, high = torch.quantile(boots, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
+    return PairedComparison(len(delta), only_a, only_b, float(delta.mean()), low, high,
+                            mcnemar_p(only_a, only_b))

@@ -17,7 +17,9 @@ from ..precision import autocast, autocast_dtype
 
 @dataclass
 class Spread:
-    """A timed quantity over repeated runs: median, quartiles and range."""
+    """A timed quantity over repeated runs: median, quartiles and range, and the values in the
+    order they were measured (``samples``), so that two models timed side by side can be
+    compared round by round (``ratio_interval``)."""
 
     median: float
     q1: float
@@ -25,15 +27,17 @@ class Spread:
     min: float
     max: float
     n: int
+    samples: tuple[float, ...] = ()
 
     @classmethod
     def of(cls, values: Iterable[float]) -> Spread:
-        values = sorted(values)
-        if len(values) >= 2:
-            q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+        measured = tuple(values)
+        ordered = sorted(measured)
+        if len(ordered) >= 2:
+            q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
         else:
-            q1 = q3 = values[0]
-        return cls(statistics.median(values), q1, q3, values[0], values[-1], len(values))
+            q1 = q3 = ordered[0]
+        return cls(statistics.median(ordered), q1, q3, ordered[0], ordered[-1], len(ordered), measured)
 
     def overlaps(self, other: Spread) -> bool:
         """Whether the two ranges (min to max) share any value: two timings that overlap are not
@@ -100,3 +104,27 @@ def time_side_by_side(runs: Mapping[str, tuple[Callable[[], object], Callable[[]
                 many()
                 samples[name][1].append(batch_size / (time.perf_counter() - t0))
     return {name: (Spread.of(lat), Spread.of(thr)) for name, (lat, thr) in samples.items()}
+
+
+def ratio_interval(num: Spread, den: Spread, level: float = 0.95, n_boot: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float]:
+    """The ratio of two timings measured side by side (``time_side_by_side``: the i-th sample of
+    each comes from the same round), as (median, low, high): the median of the per-round ratios
+    and a percentile-bootstrap interval for it at ``level``, resampling the rounds. For
+    throughputs, ``ratio_interval(pruned, reference)`` is the pruned model's speed-up."""
+    if not num.samples or len(num.samples) != len(den.samples):
+        raise ValueError(f"ratio_interval pairs the samples of two timings from one side-by-side run; "
+                         f"got {len(num.samples)} and {len(den.samples)} samples")
+    ratios = torch.tensor([a / b for a, b in zip(num.samples, den.samples)], dtype=torch.float64)
+    picks = torch.randint(len(ratios), (n_boot, len(ratios)), generator=torch.Generator().manual_seed(seed))
+    medians = ratios[picks].median(dim=1).values
+    tail = (1 - level) / 2
+    low, high = torch.quantile(medians, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return float(ratios.median()), low, high
+
+
+def verdict(interval: tuple[float, float, float], target: float) -> str:
+    """A target on a ratio, judged from its interval (``ratio_interval``): "met" when the whole
+    interval clears it, "missed" when the whole interval falls short, else "at the margin"."""
+    _, low, high = interval
+    return "met" if low >= target else "missed" if high < target else "at the margin"
