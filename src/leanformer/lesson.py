@@ -25,6 +25,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .checkpoint import load_model
 from .config import is_quick  # setup reads it; lessons may call lesson.is_quick() too
 
 
@@ -137,8 +138,6 @@ def load_or_train(path: str | os.PathLike, train: Callable[[], Any], retrain: bo
     """The model saved at ``path``; if the file is missing, or ``retrain`` is set (a lesson in
     full mode, say), ``train()`` makes it here instead and its result is returned (not saved: the
     training commands save models, with their provenance)."""
-    from .checkpoint import load_model
-
     path = Path(path)
     if path.exists() and not retrain:
         return load_model(path)

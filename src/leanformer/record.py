@@ -10,36 +10,31 @@ course knows map to their test set's digest below.
 """
 from __future__ import annotations
 
-import hashlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from .data import CIFAR10
+from .data import CIFAR10, SUBSET_SHA256
+from .files import tensors_sha256
 
 # The 10,000 test images of the course's JPEG (quality 75) copy of CIFAR-10, as decoded by
 # leanformer.data: the same pixels whether they come from the full JPEG archive or from the
 # shipped subset (tests/test_record.py checks the subset).
-JPEG_Q75_TEST_SET = "56408e16fefefc2d653e651fc019204c8b6c429b1f1e97679865d69cf85adbcf"
+JPEG_Q75_TEST_SET = "67f781a5d1c8baeeac7f2c0c89d31b6285fe9809cb4a877cd6dfaf8078e4a3ec"
 
 # sha256 of an archive file -> the digest of the test set it holds.
 KNOWN_ARCHIVES = {
     # cifar10-jpg.tar.gz: all 60,000 images as JPEG (q75) class folders
     "d81d7c1e5a399d340a75ff344a0f27772ef3e9388961f0041a5f713adf0a7b1b": JPEG_Q75_TEST_SET,
     # data/cifar10-subset.tar.gz: 5,000 training images and the same 10,000 test images
-    "aef91b055ee0da6488890adfe6307958fb3f142053f022d8f4f80c854ae30538": JPEG_Q75_TEST_SET,
+    SUBSET_SHA256: JPEG_Q75_TEST_SET,
 }
 
 
 def test_set_sha256(data: CIFAR10) -> str:
-    """A digest of a data set's test images (uint8 pixels) and labels: two loads of the same
-    images agree, whatever file they came from; one changed pixel or label does not."""
-    digest = hashlib.sha256()
-    digest.update(data.test_images.to(torch.uint8).contiguous().numpy().tobytes())
-    digest.update(data.test_labels.to(torch.int64).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+    """A digest of a data set's test images and labels (``files.tensors_sha256``): two loads of
+    the same images agree, whatever file they came from; one changed pixel or label does not."""
+    return tensors_sha256({"test_images": data.test_images, "test_labels": data.test_labels})
 
 
 def recorded_test_set(provenance: dict[str, Any]) -> str | None:
