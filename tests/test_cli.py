@@ -343,3 +343,12 @@ def test_a_trained_model_names_its_test_set_so_its_accuracy_can_stand_in(tmp_pat
     model, data = load_model(tmp_path / "quick.safetensors"), load_cifar10(tiny_folder, verbose=False)
     assert model.provenance["test_set_sha256"] == test_set_sha256(data)
     assert recorded_accuracy(model, data) == model.provenance["test_acc"]
+
+
+def test_seed_overrides_the_recipes_and_is_recorded(tmp_path, tiny_folder, tmp_cache):
+    """--seed trains a second run of one recipe; the provenance says which seed it was."""
+    for seed in (0, 5):
+        main(train_args(tmp_path / f"s{seed}", tiny_folder, "--seed", str(seed)))
+    records = [json.loads((tmp_path / f"s{s}" / "quick.json").read_text()) for s in (0, 5)]
+    assert [r["recipe"]["seed"] for r in records] == [0, 5]
+    assert records[0]["weights_sha256"] != records[1]["weights_sha256"]

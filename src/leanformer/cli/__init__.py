@@ -77,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace OUT/NAME.safetensors, its .json "
                    "and OUT/NAME.last.pt if they exist; without it, train refuses to")
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's number of epochs")
+    p.add_argument("--seed", type=int, help="override the recipe's seed (a second training run)")
     p.add_argument("--init", help="start from this .safetensors model (a fine-tune) instead of scratch")
     p.add_argument("--name", help="file name for OUT/NAME.safetensors and .json (default: the recipe's)")
     p.add_argument("--teacher", help="distil from this .safetensors model (leanformer.distill)")

@@ -95,7 +95,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; give a folder")
-    recipe = get_recipe(args.recipe, **({"epochs": args.epochs} if args.epochs else {}))
+    overrides = {"epochs": args.epochs, "seed": args.seed}
+    recipe = get_recipe(args.recipe, **{k: v for k, v in overrides.items() if v is not None})
     name = args.name or recipe.name
     model_path, state_path = out / f"{name}.safetensors", out / f"{name}.last.pt"
     _refuse_to_overwrite(model_path, state_path, args.resume, args.force)
