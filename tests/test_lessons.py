@@ -50,7 +50,11 @@ def test_badges_and_colab_cells_follow_config():
 def test_lesson_shape(path):
     cs = cells(path)
     assert re.match(rf"# {path.name[:2]} · ", src(cs[0])), "title: '# NN · Title'"
-    assert "colab-badge.svg" in src(cs[0])
+    badge = re.search(r"\[!\[Open In Colab\]\(([^)]+)\)\]", src(cs[0]))
+    assert badge, "the title cell holds the Colab badge (`make stamp`)"
+    # The image ships with the book, so that the badge shows when the book is read offline.
+    assert not badge.group(1).startswith("http"), badge.group(1)
+    assert (path.parent / badge.group(1)).is_file(), badge.group(1)
     assert "colab-setup" in cs[1]["metadata"].get("tags", [])
     assert "lesson.setup(" in src(cs[2]) and "QUICK" in src(cs[2])
     code = [c for c in cs if c["cell_type"] == "code"]

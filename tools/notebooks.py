@@ -27,10 +27,14 @@ COLAB_CELL = '''\
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("lean-transformers"):
     subprocess.run(["git", "clone", "--depth", "1", "{url}", "lean-transformers"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "lean-transformers"], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "lean-transformers"],
+                   check=True)
     sys.path.insert(0, os.path.abspath("lean-transformers/src"))'''
 
-BADGE = "[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]({link})"
+# The badge's image ships with the book (book/_static), so that it shows when the book or a
+# notebook is read offline; the link is Colab's.
+BADGE_IMAGE = "../book/_static/colab-badge.svg"
+BADGE = "[![Open In Colab](" + BADGE_IMAGE + ")]({link})"
 
 
 def repository(config="_config.yml"):
