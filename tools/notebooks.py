@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # --- keeping every lesson's Colab badge and set-up cell in step with _config.yml -------------
 
 COLAB_CELL = '''\
-# In Colab: fetch the course and install its package. Anywhere else this cell does nothing.
+# In Colab: fetch the course and install its package. Elsewhere this cell does nothing.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("lean-transformers"):
     subprocess.run(["git", "clone", "--depth", "1", "{url}", "lean-transformers"], check=True)
