@@ -163,6 +163,16 @@ def test_code_cells_stay_short(path):
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_code_lines_fit_the_page(path):
+    """The book column shows about 88 characters of code: a longer line is cut off on the
+    page. Prose cells are exempt (the book hides their source)."""
+    wide = [(i, len(line), line[:40]) for i, c in enumerate(cells(path))
+            if c["cell_type"] == "code" and not is_prose(c)
+            for line in src(c).splitlines() if len(line) > 88]
+    assert not wide, f"(cell index, line length, line start) over 88 characters: {wide}"
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_no_cell_echoes_a_glued_value(path):
     """``lesson.glue`` returns its value, so a cell that ends with it prints a bare number below
     the code; end such a line with ``;``."""

@@ -26,9 +26,11 @@ COLAB_CELL = '''\
 # In Colab: fetch the course and install its package. Elsewhere this cell does nothing.
 import os, subprocess, sys
 if "google.colab" in sys.modules and not os.path.isdir("lean-transformers"):
-    subprocess.run(["git", "clone", "--depth", "1", "{url}", "lean-transformers"], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", "lean-transformers"],
+    repo_url = "{url}"
+    subprocess.run(["git", "clone", "--depth", "1", repo_url, "lean-transformers"],
                    check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e",
+                    "lean-transformers"], check=True)
     sys.path.insert(0, os.path.abspath("lean-transformers/src"))'''
 
 # The badge's image ships with the book (book/_static), so that it shows when the book or a
