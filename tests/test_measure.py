@@ -115,6 +115,9 @@ def test_training_cost_comes_from_the_provenance():
     assert seconds == prov["train_wall_time_s"] and epochs == prov["epochs"] == 120
     assert seen == 120 * prov["train_images"] == 6_000_000
     assert training_cost({}) == (None, None, None)
+    # a run another job slowed down: its undisturbed time, where the record holds one
+    slowed = {**prov, "train_wall_time_undisturbed_s": prov["train_wall_time_s"] - 100}
+    assert training_cost(slowed)[0] == prov["train_wall_time_s"] - 100
 
 
 def test_a_model_with_its_own_inputs_is_measured_per_input_and_says_so():
