@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -330,10 +331,13 @@ def training_throughput(recipe: Recipe, data: CIFAR10, model: nn.Module | None =
     has one, backward, optimizer step), over ``steps`` timed steps after ``warmup``
     untimed ones. ``model`` (a fine-tune's start) is copied, never trained in place;
     without it the recipe's model is built. The per-epoch test pass of ``fit`` is not
-    counted."""
+    counted. ``LEANFORMER_TIMING=brief`` (which ``make test`` sets, as ``measure_costs``
+    reads it) cuts this to one step after one."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be at least 1 and warmup at least 0, got {steps} "
                          f"and {warmup}")
+    if os.environ.get("LEANFORMER_TIMING", "") == "brief":
+        steps, warmup = 1, min(warmup, 1)
     device = torch.device(device or default_device())
     model = copy.deepcopy(model) if model is not None else build_model(recipe, data)
     model = model.to(device)
