@@ -335,6 +335,29 @@ def test_distill_sweep_trains_each_setting_once_and_resumes(tmp_path, tiny_folde
     assert len(trained) == 2 and json.loads(out.read_text())["results"] == table["results"]
 
 
+def test_distill_sweep_chooses_on_a_validation_split_of_the_training_images(
+        tmp_path, tiny_folder, tmp_cache, make_tiny_vit, capsys):
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(make_tiny_vit(1), teacher)
+    out = tmp_path / "sweep-val.json"
+    argv = ["distill-sweep", "--teacher", str(teacher), "--recipe", "quick",
+            "--data", str(tiny_folder), "--temperatures", "2", "--alphas", "0.5",
+            "--hard-alphas", "--out", str(out)]
+    main(argv + ["--train-images", "40", "--val-images", "20", "--split-seed", "1"])
+    table = json.loads(out.read_text())
+    sizes = (table["train_images"], table["val_images"], table["test_images"])
+    assert sizes == (40, 20, 40)
+    assert "seed 1" in table["data_source"] and "--val-images 20" in table["command"]
+    assert all(0 <= r["val_acc"] <= 1 and 0 <= r["test_acc"] <= 1
+               for r in table["results"])
+    with pytest.raises(SystemExit) as e:  # a training part without a validation part
+        main(argv + ["--train-images", "40"])
+    assert e.value.code == 2 and "give --val-images too" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # more than the tiny set holds of each class
+        main(argv + ["--train-images", "60", "--val-images", "30"])
+    assert "fewer than the 9" in str(e.value.code) and "\n" not in str(e.value.code)
+
+
 def test_a_trained_model_names_its_test_set_so_its_accuracy_can_stand_in(tmp_path, tiny_folder, tmp_cache):
     from leanformer.data import load_cifar10
     from leanformer.record import recorded_accuracy, test_set_sha256

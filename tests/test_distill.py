@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import leanformer.train
 from leanformer import checkpoint
 from leanformer.data import CIFAR10
 from leanformer import distill
@@ -166,6 +167,31 @@ def test_the_sweep_trains_each_setting_once_and_resumes_from_its_file(subset, tm
     out.write_text("{not json")
     with pytest.raises(checkpoint.CheckpointError, match="is not a sweep file"):
         distill.sweep(teacher, recipe, data, settings[:1], out=out, progress=False)
+
+
+def test_a_sweep_with_a_validation_split_records_both_accuracies(subset, tmp_path):
+    from leanformer.evaluate import evaluate
+    from leanformer.splits import holdout
+
+    small = CIFAR10(subset.train_images, subset.train_labels, subset.test_images[::100],
+                    subset.test_labels[::100], subset.source)
+    tuning = holdout(small, 100, 100, seed=0)
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10))
+    recipe = get_recipe("quick", epochs=1, precision="fp32")
+    out = tmp_path / "sweep-val.json"
+    settings = distill.sweep_settings(temperatures=(2,), alphas=(0.5,), hard_alphas=())
+    results = distill.sweep(teacher, recipe, tuning, settings, out=out, progress=False)
+    record = json.loads(out.read_text())
+    assert record["val_images"] == 100 and record["train_images"] == 100
+    assert record["test_images"] == 100
+    assert "100 to validate on" in record["data_source"]
+    for r in results:
+        assert r["test_acc"] == r["history"][-1]["test_acc"]  # recorded, not chosen by
+        assert 0 <= r["val_acc"] <= 1
+    # the labels-alone run again by hand: its held-out accuracy is the one recorded
+    model, _ = leanformer.train.fit(recipe, tuning, progress=False)
+    val_acc = evaluate(model, tuning.val_images, tuning.val_labels, precision="fp32")[0]
+    assert results[0]["val_acc"] == pytest.approx(val_acc)
 
 
 def test_lookahead_pulls_towards_the_average_late_and_ends_on_it():

@@ -115,6 +115,9 @@ def test_training_cost_comes_from_the_provenance():
     assert seconds == prov["train_wall_time_s"] and epochs == prov["epochs"] == 120
     assert seen == 120 * prov["train_images"] == 6_000_000
     assert training_cost({}) == (None, None, None)
+    # a run another job slowed down: its undisturbed time, where the record holds one
+    slowed = {**prov, "train_wall_time_undisturbed_s": prov["train_wall_time_s"] - 100}
+    assert training_cost(slowed)[0] == prov["train_wall_time_s"] - 100
 
 
 def test_a_model_with_its_own_inputs_is_measured_per_input_and_says_so():
@@ -258,3 +261,21 @@ def test_paired_comparison_counts_the_images_only_one_model_gets_right():
     assert (same.diff, same.low, same.high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
     with pytest.raises(ValueError, match="one boolean per test image"):
         paired_comparison(a, b[:10])
+
+
+def test_paired_sentence_says_the_difference_its_interval_and_whether_it_is_chance():
+    from leanformer.measure import paired_comparison, paired_sentence
+
+    a = torch.zeros(1000, dtype=torch.bool)
+    b = a.clone()
+    a[:660], b[:600], b[660:680] = True, True, True  # only a on 60, only b on 20
+    result = paired_comparison(a, b, level=0.9)
+    said = paired_sentence(result, "the student", "the control")
+    assert said.startswith("the student is +4.00 points from the control (90% interval")
+    assert "60 test images only the student gets right and 20 only the control" in said
+    assert said.endswith("more than chance would give.")
+    keep = torch.cat([torch.arange(640), torch.arange(660, 680)])
+    close = paired_comparison(a[keep], b[keep])  # 40 against 20: p about 0.013
+    assert (close.only_a, close.only_b) == (40, 20)
+    said = paired_sentence(close, "a", "b", alpha=0.01)
+    assert said.endswith("within what chance could give.")

@@ -7,7 +7,8 @@ from leanformer import checkpoint
 from leanformer.data import CIFAR10
 from leanformer.evaluate import evaluate
 from leanformer.recipes import Recipe, get_recipe
-from leanformer.train import Batch, build_model, fit, lr_at, mixed_cross_entropy
+from leanformer.train import (Batch, build_model, fit, lr_at, mixed_cross_entropy,
+                              recipe_loss)
 
 
 def small(data, n_train=1024, n_test=1000):
@@ -231,3 +232,32 @@ def test_fit_applies_auto_augment_and_refuses_an_unknown_policy(subset, monkeypa
     assert calls == []
     with pytest.raises(ValueError, match="auto_augment must be"):
         fit(get_recipe("quick", epochs=1, auto_augment="CIFAR10"), data, progress=False)
+
+
+def test_training_throughput_times_fits_steps_and_leaves_the_start_alone(subset,
+                                                                          monkeypatch):
+    import leanformer.train as T
+    from leanformer.distill import DistillationLoss
+
+    recipe = get_recipe("quick", mix_prob=0.5)
+    start = build_model(recipe).eval()
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    teacher = build_model(recipe).eval()
+    loss = DistillationLoss(teacher, alpha=0.5, temperature=2.0,
+                            hard_loss=recipe_loss(recipe))
+    real_step, calls = T._train_step, []
+
+    def counting_step(*args):
+        calls.append(args[4] is loss)  # the loss given is the loss used
+        return real_step(*args)
+
+    monkeypatch.setattr(T, "_train_step", counting_step)
+    speed = T.training_throughput(recipe, subset, model=start, loss_fn=loss, steps=3,
+                                  warmup=2)
+    assert calls == [True] * 5 and speed.n == 3 and speed.min > 0
+    assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())
+    assert not start.training  # the copy trained, not the start
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        T.training_throughput(recipe, subset, steps=0)
+    monkeypatch.setenv("LEANFORMER_TIMING", "brief")  # the test suite's: one step
+    assert T.training_throughput(recipe, subset, steps=3).n == 1

@@ -62,6 +62,10 @@ class CIFAR10:
     source: str
     classes: tuple[str, ...] = CLASSES
     pixels: str = "unknown"  # "official", "jpeg-q75" (the shipped copies) or "files" (others)
+    # A validation split (``splits.holdout``): training images kept out of training, to
+    # choose settings on without looking at the test images. None when there is none.
+    val_images: torch.Tensor | None = None
+    val_labels: torch.Tensor | None = None
 
     @property
     def test_set(self) -> str:
@@ -72,8 +76,10 @@ class CIFAR10:
         return f"{len(self.test_labels):,} test images: {what}"
 
     def __repr__(self) -> str:
-        return (f"CIFAR10(train={len(self.train_labels):,}, test={len(self.test_labels):,}, "
-                f"pixels={self.pixels!r}, source={self.source!r})")
+        val = "" if self.val_labels is None else f", val={len(self.val_labels):,}"
+        return (f"CIFAR10(train={len(self.train_labels):,}{val}, "
+                f"test={len(self.test_labels):,}, pixels={self.pixels!r}, "
+                f"source={self.source!r})")
 
 
 def load_cifar10(path: str | os.PathLike | None = None, download: bool = True,

@@ -31,6 +31,7 @@ from torch import nn
 
 from . import checkpoint
 from .data import CIFAR10
+from .evaluate import evaluate
 from .files import atomic_write
 from .machine import machine_info
 from .recipes import Recipe
@@ -140,6 +141,10 @@ def sweep(teacher: nn.Module, recipe: Recipe, data: CIFAR10, settings: Iterable[
     """Train ``recipe``'s model on ``data`` once per setting, from the same seed, and return one
     record per setting: its kind, alpha, temperature, test accuracy, history and wall time.
 
+    data:     with a validation split (``splits.holdout``), each record also holds
+              ``val_acc``, the accuracy on those held-out training images: the figure
+              to choose a setting by, so that the test images judge the choice and do
+              not make it.
     settings: dicts with ``kind`` ("soft" or "hard"), ``alpha`` and ``temperature``;
               ``alpha == 0`` trains from the labels alone (no teacher in the loop).
     out:      a .json file, rewritten atomically after each setting. A setting already in it
@@ -150,9 +155,13 @@ def sweep(teacher: nn.Module, recipe: Recipe, data: CIFAR10, settings: Iterable[
     """
     out = Path(out) if out else None
     about = dict(about or {})
+    val = None
+    if data.val_images is not None and data.val_labels is not None:
+        val = (data.val_images, data.val_labels)
     head = json.loads(json.dumps({  # as the file holds it: tuples become lists
         "recipe": recipe.to_dict(), "data_source": data.source,
         "train_images": len(data.train_labels), "test_images": len(data.test_labels),
+        **({"val_images": len(val[1])} if val is not None else {}),
         **({"teacher": about.pop("teacher")} if "teacher" in about else {})}))
     done = {}
     if out and out.exists():
@@ -176,12 +185,16 @@ def sweep(teacher: nn.Module, recipe: Recipe, data: CIFAR10, settings: Iterable[
             teacher, alpha, temperature, recipe_loss(recipe), kind=kind)
         t0 = time.perf_counter()
         model, history = fit(recipe, data, progress=False, loss_fn=loss_fn)
+        scores = {"test_acc": history[-1]["test_acc"]}
+        if val is not None:  # at the precision fit tests in
+            scores["val_acc"] = evaluate(model, *val, precision=recipe.precision)[0]
         results.append(dict(name=name, kind=kind, alpha=alpha, temperature=temperature,
-                            test_acc=history[-1]["test_acc"], history=history,
+                            **scores, history=history,
                             wall_time_s=time.perf_counter() - t0, machine=machine_info()))
         if progress:
-            print(f"{name:>18}: {results[-1]['test_acc']:.2%} after {len(history)} epochs, "
-                  f"{results[-1]['wall_time_s']:.0f} s", flush=True)
+            print(f"{name:>18}: " + ", ".join(f"{k} {v:.2%}" for k, v in scores.items())
+                  + f" after {len(history)} epochs, {results[-1]['wall_time_s']:.0f} s",
+                  flush=True)
         if out:
             record = {**head, **about, "results": results}
             atomic_write(out, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))

@@ -8,12 +8,17 @@ it trains are the ``Recipe``s of ``leanformer.recipes``.
 does), so distillation plugs a teacher into the same loop, and it starts from given weights
 (``model=``), so a pruned or quantization-aware model is fine-tuned by the same loop.
 
+``training_throughput`` times a few of those steps on this machine, so that a run
+recorded on another machine can be priced here (images seen / images per second).
+
 Reproducibility: every random draw of epoch ``e`` comes from generators seeded with
 ``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
 """
 from __future__ import annotations
 
+import copy
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +35,7 @@ from .data import CIFAR10, batches
 from .evaluate import default_device, evaluate
 from .families import ARCHS, arch_of, create_model
 from .machine import machine_info
-from .measure import count_parameters
+from .measure import Spread, count_parameters
 from .model import ViTConfig
 from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
 from .recipes import Recipe, RecipeError
@@ -256,31 +261,15 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             lr = lr_at(step, total_steps, warmup_steps, recipe.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            x = augment(x, gen, recipe.crop_padding, recipe.flip, recipe.cutout)
-            if recipe.auto_augment:
-                x = auto_augment(x, recipe.auto_augment)
-            y_other, lam = y, 1.0
-            if recipe.mix_prob:
-                x, y, y_other, lam = mix(x, y, gen, recipe.mix_prob, recipe.mixup_alpha,
-                                         recipe.cutmix_alpha)
-            x, y, y_other = x.to(device), y.to(device), y_other.to(device)
-            with autocast(dtype, device):
-                logits = model(x)
-                loss = loss_fn(logits, Batch(x, y, y_other, lam))
-            optimizer.zero_grad(set_to_none=True)
-            if scaler:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            loss, logits, batch = _train_step(recipe, model, optimizer, scaler, loss_fn,
+                                              x, y, gen, dtype, device)
+            y, y_other, lam = batch.labels, batch.other_labels, batch.lam
             if lookahead:
                 lookahead.step(model, step)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             # On a mixed batch, the label with the larger share counts as the right answer.
-            correct += (logits.argmax(1) == (y if lam >= 0.5 else y_other)).sum().item()
+            correct += int((logits.argmax(1) == (y if lam >= 0.5 else y_other)).sum())
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
         if lookahead and epoch + 1 == recipe.epochs:
             lookahead.finish(model)  # the model becomes the average
@@ -304,6 +293,67 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
     # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
     setattr(model, "provenance", training_record(recipe, data, history, model))
     return model, history
+
+
+def _train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer,
+                scaler: Any, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
+                gen: torch.Generator, dtype: torch.dtype | None,
+                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Batch]:
+    """One step of ``fit``: augment and mix the batch, run the model and the loss, step
+    the optimizer. Returns (loss, logits, the batch as the loss saw it)."""
+    x = augment(x, gen, recipe.crop_padding, recipe.flip, recipe.cutout)
+    if recipe.auto_augment:
+        x = auto_augment(x, recipe.auto_augment)
+    y_other, lam = y, 1.0
+    if recipe.mix_prob:
+        x, y, y_other, lam = mix(x, y, gen, recipe.mix_prob, recipe.mixup_alpha,
+                                 recipe.cutmix_alpha)
+    batch = Batch(x.to(device), y.to(device), y_other.to(device), lam)
+    with autocast(dtype, device):
+        logits = model(batch.images)
+        loss = loss_fn(logits, batch)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss, logits, batch
+
+
+def training_throughput(recipe: Recipe, data: CIFAR10, model: nn.Module | None = None,
+                        loss_fn: LossFn | None = None, steps: int = 3, warmup: int = 1,
+                        device: str | torch.device | None = None) -> Spread:
+    """Images per second of ``recipe``'s training steps on this machine, each step as
+    ``fit`` runs it (augmentation, mixing, forward, ``loss_fn`` with its teacher if it
+    has one, backward, optimizer step), over ``steps`` timed steps after ``warmup``
+    untimed ones. ``model`` (a fine-tune's start) is copied, never trained in place;
+    without it the recipe's model is built. The per-epoch test pass of ``fit`` is not
+    counted. ``LEANFORMER_TIMING=brief`` (which ``make test`` sets, as ``measure_costs``
+    reads it) cuts this to one step after one."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"steps must be at least 1 and warmup at least 0, got {steps} "
+                         f"and {warmup}")
+    if os.environ.get("LEANFORMER_TIMING", "") == "brief":
+        steps, warmup = 1, min(warmup, 1)
+    device = torch.device(device or default_device())
+    model = copy.deepcopy(model) if model is not None else build_model(recipe, data)
+    model = model.to(device)
+    model.train().requires_grad_(True)  # a copy of a frozen teacher would not learn
+    optimizer, loss_fn = build_optimizer(recipe, model), loss_fn or recipe_loss(recipe)
+    dtype = autocast_dtype(recipe.precision, device)
+    scaler, gen = grad_scaler(dtype, device), torch.Generator().manual_seed(recipe.seed)
+    rates = []
+    for i in range(warmup + steps):
+        t0 = time.perf_counter()
+        x, y = next(batches(data.train_images, data.train_labels, recipe.batch_size,
+                            True, gen))
+        _train_step(recipe, model, optimizer, scaler, loss_fn, x, y, gen, dtype, device)
+        if i >= warmup:
+            rates.append(len(y) / (time.perf_counter() - t0))
+    return Spread.of(rates)
 
 
 def training_record(recipe: Recipe, data: CIFAR10, history: list[dict[str, float]],

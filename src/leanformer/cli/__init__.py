@@ -102,6 +102,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperatures", type=float, nargs="+", default=[1, 2, 4])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 0.9])
     p.add_argument("--hard-alphas", type=float, nargs="*", default=[0.5])
+    p.add_argument("--val-images", type=_positive_int,
+                   help="hold out this many training images, stratified, as a "
+                        "validation split to choose the setting on "
+                        "(leanformer.splits.holdout)")
+    p.add_argument("--train-images", type=_positive_int,
+                   help="with --val-images: train on this many other training images, "
+                        "stratified (default: all the others)")
+    p.add_argument("--split-seed", type=int, default=0,
+                   help="seed of the validation split")
     p.add_argument("--out", required=True, help="the JSON file to write (resumes the settings it holds)")
     p.set_defaults(func=cmd_distill_sweep)
 

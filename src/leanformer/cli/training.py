@@ -1,6 +1,6 @@
 """The commands that train: ``train`` (a recipe from scratch, or a fine-tune of a model, with a
 teacher or quantization-aware if asked) and ``distill-sweep`` (a student per distillation
-setting)."""
+setting, judged on a validation split of the training images with ``--val-images``)."""
 import argparse
 import inspect
 import sys
@@ -15,6 +15,7 @@ from ..evaluate import accuracies_with_tta, evaluate
 from ..families import arch_of
 from ..quantize import convert_qat, intx_quantize, prepare_qat
 from ..recipes import get_recipe
+from ..splits import holdout
 from ..train import fit, recipe_loss
 from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
 
@@ -152,9 +153,19 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_distill_sweep(args: argparse.Namespace) -> None:
+    if args.train_images is not None and args.val_images is None:
+        raise UsageError("--train-images sets the training part of a validation split; "
+                         "give --val-images too")
+    recipe = get_recipe(args.recipe)
     teacher = checkpoint.load_model(args.teacher)
     settings = sweep_settings(args.temperatures, args.alphas, args.hard_alphas)
     about = {"command": _command(args),
              "teacher": {"path": str(args.teacher), "weights_sha256": teacher.weights_sha256}}
-    sweep(teacher, get_recipe(args.recipe), _data(args.data), settings, out=args.out, about=about)
+    data = _data(args.data)
+    if args.val_images is not None:
+        n_train = args.train_images or len(data.train_labels) - args.val_images
+        data = holdout(data, n_train, args.val_images, args.split_seed)
+        print(f"choosing on {args.val_images:,} held-out training images; training on "
+              f"{n_train:,} others")
+    sweep(teacher, recipe, data, settings, out=args.out, about=about)
     print(f"wrote {args.out}")

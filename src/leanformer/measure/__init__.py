@@ -8,7 +8,7 @@
              (``ratio_interval``, ``verdict``)
     stats    confusion matrix, the noise of an accuracy difference (``accuracy_noise``), and two
              models compared image by image (``paired_comparison``: McNemar's test and a
-             bootstrap interval)
+             bootstrap interval; ``paired_sentence`` says it in words)
     cost     the ``Cost`` record and ``measure_costs``, which fills it from the four above
     table    the records as one table (``cost_table``, ``show_costs``)
 
@@ -27,7 +27,7 @@ from .cost import Cost, LabelledTestSet, measure_cost, measure_costs, training_c
 from .flops import attention_flops, block_flops, component_costs, count_flops, mlp_flops
 from .size import count_parameters, safetensors_blob, safetensors_bytes, size_on_disk, tensors_bytes
 from .stats import (PairedComparison, accuracy_noise, compare_accuracy, confusion_matrix, mcnemar_p,
-                    paired_comparison, per_class_accuracy)
+                    paired_comparison, paired_sentence, per_class_accuracy)
 from .table import cost_table, show_costs
 from .timing import Spread, ratio_interval, time_side_by_side, verdict
 
@@ -36,7 +36,7 @@ __all__ = [
     "count_flops", "attention_flops", "mlp_flops", "block_flops", "component_costs",
     "Spread", "time_side_by_side", "ratio_interval", "verdict",
     "confusion_matrix", "per_class_accuracy", "accuracy_noise", "compare_accuracy",
-    "PairedComparison", "mcnemar_p", "paired_comparison",
+    "PairedComparison", "mcnemar_p", "paired_comparison", "paired_sentence",
     "Cost", "LabelledTestSet", "training_cost", "measure_costs", "measure_cost",
     "cost_table", "show_costs",
     "machine_info", "cpu_flags",

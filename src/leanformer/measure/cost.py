@@ -70,10 +70,14 @@ class Cost:
 
 def training_cost(provenance: dict[str, Any] | None) -> tuple[float | None, float | None, int | None]:
     """(wall time in s, epochs, images seen) of training, from a checkpoint's provenance or the
-    record ``fit`` attaches to a model; ``None`` for what the record does not hold."""
+    record ``fit`` attaches to a model; ``None`` for what the record does not hold. The
+    wall time is the undisturbed one (``train_wall_time_undisturbed_s``) where the
+    record holds it: the run without the minutes another job on the same cores took.
+    It is a time on the machine the record names (``provenance["machine"]``)."""
     if not provenance:
         return None, None, None
-    seconds = provenance.get("train_wall_time_s")
+    seconds = provenance.get("train_wall_time_undisturbed_s",
+                             provenance.get("train_wall_time_s"))
     epochs = provenance.get("epochs")
     images = provenance.get("train_images")
     seen = provenance.get("train_images_seen")

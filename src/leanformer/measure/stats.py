@@ -1,6 +1,6 @@
 """What an accuracy says and how sure it is: the confusion matrix, accuracy per class, and the
 noise of a difference between two accuracies on the same test images, and two models compared
-image by image (a paired test)."""
+image by image (a paired test), in numbers and in a sentence."""
 import math
 from dataclasses import dataclass
 
@@ -55,6 +55,7 @@ class PairedComparison:
     low: float
     high: float
     p_value: float
+    level: float = 0.95  # of the interval (low, high)
 
 
 def mcnemar_p(only_a: int, only_b: int) -> float:
@@ -85,4 +86,17 @@ def paired_comparison(correct_a: torch.Tensor, correct_b: torch.Tensor, level: f
     low, high = torch.quantile(boots, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     only_a, only_b = int((a & ~b).sum()), int((b & ~a).sum())
     return PairedComparison(len(delta), only_a, only_b, float(delta.mean()), low, high,
-                            mcnemar_p(only_a, only_b))
+                            mcnemar_p(only_a, only_b), level)
+
+
+def paired_sentence(c: PairedComparison, name_a: str, name_b: str,
+                    alpha: float = 0.05) -> str:
+    """``c`` (``paired_comparison`` of a against b) in one sentence: the difference in
+    points with its interval, the images only each gets right, McNemar's p, and whether
+    that is more than chance (p below ``alpha``) or within it."""
+    chance = ("more than chance would give" if c.p_value < alpha
+              else "within what chance could give")
+    return (f"{name_a} is {100 * c.diff:+.2f} points from {name_b} "
+            f"({c.level:.0%} interval {100 * c.low:+.2f} to {100 * c.high:+.2f}); "
+            f"{c.only_a:,} test images only {name_a} gets right and {c.only_b:,} only "
+            f"{name_b} does (McNemar's p = {c.p_value:.2g}): {chance}.")
