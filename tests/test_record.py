@@ -49,3 +49,52 @@ def test_the_digest_sees_labels_too(subset):
     labels = subset.test_labels.clone()
     labels[0] = (labels[0] + 1) % 10
     assert record.test_set_sha256(dataclasses.replace(subset, test_labels=labels)) != record.test_set_sha256(subset)
+
+
+def small(subset, n=64, flip=False):
+    """The subset with its first ``n`` test images (one pixel changed with ``flip``)."""
+    images = subset.test_images[:n].clone()
+    if flip:
+        images[0, 0, 0, 0] ^= 1
+    return dataclasses.replace(subset, test_images=images, test_labels=subset.test_labels[:n])
+
+
+def test_recorded_predictions_stand_in_only_for_the_same_weights_and_test_set(
+        subset, make_tiny_vit, tmp_path):
+    import pytest
+    import torch
+
+    from leanformer.evaluate import predict
+    from leanformer.record import predicted_classes, record_predictions, recorded_predictions
+
+    path, data, model = tmp_path / "p.safetensors", small(subset), make_tiny_vit(0)
+    assert recorded_predictions(model, data, path) is None  # no record yet
+    classes = record_predictions(model, data, name="tiny", path=path)
+    assert torch.equal(classes, predict(model, data.test_images).argmax(1))
+    assert torch.equal(recorded_predictions(model, data, path), classes)
+    assert recorded_predictions(model, small(subset, flip=True), path) is None
+    other = make_tiny_vit(1)  # other weights: computed, not read
+    assert recorded_predictions(other, data, path) is None
+    assert torch.equal(predicted_classes(other, data, path),
+                       predict(other, data.test_images).argmax(1))
+    record_predictions(other, data, path=path)  # a second model joins the first
+    assert torch.equal(recorded_predictions(model, data, path), classes)
+    with pytest.raises(ValueError, match="another test set"):
+        record_predictions(model, small(subset, flip=True), path=path)
+    assert torch.equal(recorded_predictions(model, data, path), classes)  # file untouched
+
+
+def test_the_shipped_predictions_are_the_models_own(subset):
+    """The shipped record holds the reference's predictions on the JPEG test set, and they are
+    what a forward pass gives today (on a sample of 500 images: a near tie may flip between
+    processors, so at most one of them differs)."""
+    from leanformer.config import REFERENCE
+    from leanformer.evaluate import predict
+    from leanformer.record import recorded_predictions
+    from leanformer import load_model
+
+    reference = load_model(REFERENCE)
+    recorded = recorded_predictions(reference, subset)
+    assert recorded is not None and len(recorded) == 10_000
+    fresh = predict(reference, subset.test_images[:500]).argmax(1)
+    assert (fresh != recorded[:500]).sum() <= 1

@@ -10,12 +10,17 @@ course knows map to their test set's digest below.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
+from .config import CHECKPOINTS
 from .data import CIFAR10, SUBSET_SHA256
-from .files import tensors_sha256
+from .evaluate import predict
+from .files import atomic_write, tensors_sha256
 
 # The 10,000 test images of the course's JPEG (quality 75) copy of CIFAR-10, as decoded by
 # leanformer.data: the same pixels whether they come from the full JPEG archive or from the
@@ -60,3 +65,68 @@ def recorded_accuracy(model_or_provenance: nn.Module | dict[str, Any], data: CIF
     if recorded is None or recorded != test_set_sha256(data):
         return None
     return float(provenance[key])
+
+
+# --- the classes a model predicted for every test image ----------------------------------------
+# A paired test between two models needs each model's answer on every test image, not only its
+# accuracy. A record of those answers stands in for the forward passes on the same terms as a
+# recorded accuracy: only for the very weights (their sha256) and the very test set (its digest)
+# it was made with. ``python -m leanformer evaluate MODEL --data PATH --record-predictions`` writes
+# it; each model is one uint8 tensor named by its weights' sha256 in one safetensors file.
+
+PREDICTIONS = CHECKPOINTS / "test-predictions.safetensors"
+
+
+def _read_predictions(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.exists():
+        return {}, {}
+    with safe_open(str(path), framework="pt") as f:
+        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+
+
+def recorded_predictions(model: nn.Module, data: CIFAR10,
+                         path: str | os.PathLike = PREDICTIONS) -> torch.Tensor | None:
+    """The class a record says ``model`` predicts for each of ``data``'s test images (int64, one
+    per image), when the record was made with these weights on this test set; else None."""
+    digest = getattr(model, "weights_sha256", None)
+    if not isinstance(digest, str):  # a model without a weights digest (a quantized one)
+        return None
+    tensors, meta = _read_predictions(Path(path))
+    if digest not in tensors or meta.get("test_set_sha256") != test_set_sha256(data):
+        return None
+    return tensors[digest].long()
+
+
+def record_predictions(model: nn.Module, data: CIFAR10, name: str = "",
+                       path: str | os.PathLike = PREDICTIONS) -> torch.Tensor:
+    """Predict every test image of ``data`` with ``model`` (float32) and add the classes to the
+    record at ``path`` under the weights' sha256, atomically; returns them. A record made on
+    another test set is refused rather than mixed with this one."""
+    from safetensors.torch import save_file
+
+    digest = getattr(model, "weights_sha256", None)
+    if not isinstance(digest, str):
+        raise ValueError("only a model with a weights digest (leanformer.load_model) can be "
+                         "recorded; a quantized model is measured in the run")
+    path = Path(path)
+    tensors, meta = _read_predictions(path)
+    test_set = test_set_sha256(data)
+    if meta.get("test_set_sha256", test_set) != test_set:
+        raise ValueError(f"{path} records predictions on another test set "
+                         f"({meta['test_set_sha256'][:12]}…, this one is {test_set[:12]}…); "
+                         "give another file")
+    classes = predict(model, data.test_images).argmax(1)
+    tensors[digest] = classes.to(torch.uint8).contiguous()
+    meta.update({"test_set_sha256": test_set, digest: name or digest[:12]})
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    return classes
+
+
+def predicted_classes(model: nn.Module, data: CIFAR10,
+                     path: str | os.PathLike = PREDICTIONS) -> torch.Tensor:
+    """Each test image's predicted class: from the record when it holds these weights on this
+    test set (``recorded_predictions``), else computed here (float32)."""
+    recorded = recorded_predictions(model, data, path)
+    return recorded if recorded is not None else predict(model, data.test_images).argmax(1)

@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--tta", action="store_true", help="also report test-time augmentation: flips, "
                    "and flips with 1-pixel shifts (leanformer.evaluate.tta_logits)")
+    p.add_argument("--record-predictions", metavar="FILE", nargs="?", const="checkpoints/"
+                   "test-predictions.safetensors", help="add the class predicted for each test "
+                   "image to FILE (default checkpoints/test-predictions.safetensors), which "
+                   "lessons read in place of the forward passes (leanformer.record)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("quantize", help="write an int8 file of a .safetensors model (leanformer.quantize)")

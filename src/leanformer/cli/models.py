@@ -18,7 +18,7 @@ from ..model import VisionTransformer
 from ..prune import prune_by_score, sparsity_sweep
 from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
-from ..record import recorded_accuracy, test_set_sha256
+from ..record import record_predictions, recorded_accuracy, test_set_sha256
 from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
 
 
@@ -108,6 +108,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               "test_loss": loss}
     if args.tta:
         result.update(accuracies_with_tta(model, data, modes=("flip", "flip-shift")))
+    if args.record_predictions:
+        if result["weights_sha256"] is None:
+            raise UsageError("--record-predictions records a float model (.safetensors); "
+                             "a quantized model is measured where it is used")
+        record_predictions(model, data, name=Path(args.model).stem, path=args.record_predictions)
+        result["predictions_recorded_in"] = args.record_predictions
     if args.json:
         print(json.dumps(result, indent=1))
     else:
