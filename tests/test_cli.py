@@ -212,6 +212,18 @@ def test_prune_writes_a_smaller_model_that_loads(tmp_path, make_tiny_vit):
     assert not (tmp_path / "x.safetensors").exists()
 
 
+def test_prune_by_the_per_example_taylor_score(tmp_path, tiny_folder, make_tiny_vit):
+    src, out = tmp_path / "m.safetensors", tmp_path / "pruned.safetensors"
+    save_model(make_tiny_vit(), src)
+    args = [sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "1",
+            "--mlp-units", "20", "--score", "taylor-per-example", "--out", str(out)]
+    run = subprocess.run(args + ["--data", str(tiny_folder), "--images", "40"],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    record = load_model(out).provenance
+    assert record["score"] == "taylor-per-example" and record["score_images"] == 40
+
+
 def test_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, tiny_folder, make_tiny_vit):
     src, out = tmp_path / "m.safetensors", tmp_path / "sweep.json"
     save_model(make_tiny_vit(), src)
@@ -225,6 +237,7 @@ def test_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, tiny_f
     result = json.loads(out.read_text())
     (row,) = result["rows"]
     assert row["sparsity"] == 0.5 and 0.0 <= row["fine-tuned"] <= 1.0
+    assert {"fine-tuned (even)", "fine-tuned (odd)"} <= set(row)  # one half chooses
     assert result["recipe"]["name"] == "finetune-brief" and result["test_images"] == 40
     saved = load_model(tmp_path / "sparse" / "sparse-50.safetensors")
     weights = torch.cat([saved.blocks[0].mlp.fc1.weight.flatten(), saved.blocks[0].attn.qkv.weight.flatten()])

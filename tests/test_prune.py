@@ -4,10 +4,14 @@ from conftest import tiny_vit
 
 from leanformer import load_model, save_model
 from leanformer.measure import attention_flops, component_costs, mlp_flops, safetensors_bytes
-from leanformer.prune import (csr_tensors, drop_one_head_losses, from_csr_tensors, gzip_bytes, importance,
-                              keep_top, kept_by, magnitude_prune, prunable_weights, prune_linear, prune_model,
-                              prune_with_torch_pruning, remove_masks, sparse_file_bytes, sparsity_sweep,
-                              sparsity_table, tensors_bytes)
+from leanformer.prune import (correlation_gap, csr_tensors, drop_one_head_losses,
+                              from_csr_tensors, gzip_bytes, half_accuracies,
+                              highest_within, importance, keep_top, kept_by,
+                              kept_in_common, magnitude_prune, prunable_weights,
+                              prune_linear, prune_model,
+                              prune_with_torch_pruning, rank_correlation, remove_masks,
+                              sparse_file_bytes, sparsity_sweep, sparsity_table,
+                              tensors_bytes)
 from leanformer.recipes import get_recipe
 
 
@@ -58,7 +62,7 @@ def test_flops_and_parameters_fall_by_exactly_the_removed_amount(tmp_path):
         torch.testing.assert_close(load_model(path)(x), pruned(x), atol=0, rtol=0)
 
 
-@pytest.mark.parametrize("score", ["taylor", "magnitude"])
+@pytest.mark.parametrize("score", ["taylor", "taylor-per-example", "magnitude"])
 def test_a_silenced_head_and_unit_score_lowest(score, subset):
     model = tiny()
     with torch.no_grad():
@@ -76,8 +80,104 @@ def test_a_silenced_head_and_unit_score_lowest(score, subset):
 def test_unknown_score_is_refused():
     with pytest.raises(ValueError, match="score must be one of"):
         importance(tiny(), "gradient")
-    with pytest.raises(ValueError, match="needs images"):
-        importance(tiny(), "taylor")
+    for score in ("taylor", "taylor-per-example"):
+        with pytest.raises(ValueError, match=f"the {score} score needs images"):
+            importance(tiny(), score)
+
+
+def _gate_gradients(model, x, y):
+    """dL/dg for explicit gates g = 1 on every head's output and every MLP unit, for the
+    mean loss of the images ``x``: the definition, by autograd without the hooks."""
+    gates_h = [torch.ones(b.attn.num_heads, requires_grad=True) for b in model.blocks]
+    gates_u = [torch.ones(b.mlp.fc1.out_features, requires_grad=True)
+               for b in model.blocks]
+    hooks = []
+    for b, gh, gu in zip(model.blocks, gates_h, gates_u):
+        d = b.attn.head_dim
+        hooks.append(b.attn.proj.register_forward_pre_hook(
+            lambda m, a, gh=gh, d=d: (a[0] * gh.repeat_interleave(d),)))
+        hooks.append(b.mlp.fc2.register_forward_pre_hook(
+            lambda m, a, gu=gu: (a[0] * gu,)))
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    grads = torch.autograd.grad(loss, gates_h + gates_u)
+    for h in hooks:
+        h.remove()
+    return grads[:len(gates_h)], grads[len(gates_h):]
+
+
+def test_taylor_per_example_is_the_average_of_each_images_own_gradient():
+    model = tiny()
+    torch.manual_seed(1)
+    x, y = torch.rand(10, 3, 32, 32), torch.randint(0, 10, (10,))
+    heads, units = importance(model, "taylor-per-example", x, y, batch_size=4)
+    each = [_gate_gradients(model, x[i:i + 1], y[i:i + 1]) for i in range(len(y))]
+    for b in range(len(model.blocks)):  # against one backward pass per image
+        for got, part in ((heads[b], 0), (units[b], 1)):
+            want = torch.stack([g[part][b].abs() for g in each]).mean(0)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)
+
+
+def test_taylor_is_the_batch_variant_summed_over_batches():
+    """The shipped models were pruned by this score: its definition must not drift."""
+    model = tiny()
+    torch.manual_seed(2)
+    x, y = torch.rand(10, 3, 32, 32), torch.randint(0, 10, (10,))
+    heads, units = importance(model, "taylor", x, y, batch_size=4)
+    batches = [_gate_gradients(model, x[i:i + 4], y[i:i + 4]) for i in range(0, 10, 4)]
+    for b in range(len(model.blocks)):
+        for got, part in ((heads[b], 0), (units[b], 1)):
+            want = sum(g[part][b].abs() for g in batches)
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-9)
+    per_example = importance(model, "taylor-per-example", x, y)[0]
+    assert not torch.allclose(per_example[0], heads[0])  # two different scores
+
+
+def test_rank_correlation_is_spearmans_with_ties_and_nan_left_out():
+    pd = pytest.importorskip("pandas")
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(0, 5, (30,), generator=g).double()  # many ties
+    b = torch.rand(30, generator=g).double()
+    frame = pd.DataFrame({"a": a.numpy(), "b": b.numpy()})
+    expected = frame.corr(method="spearman").loc["a", "b"]
+    assert rank_correlation(a, b) == pytest.approx(expected, abs=1e-12)
+    assert rank_correlation(b, -b) == pytest.approx(-1)
+    with_nan = torch.cat([b, torch.tensor([float("nan")])])
+    five = torch.cat([b, torch.tensor([5.0])])
+    assert rank_correlation(with_nan, five) == pytest.approx(1)
+    with pytest.raises(ValueError, match="same items, got 30 and 31 values"):
+        rank_correlation(a, with_nan)
+
+
+def test_correlation_gap_tells_a_perfect_score_from_noise_only_with_enough_items():
+    g = torch.Generator().manual_seed(0)
+    exact = torch.rand(200, generator=g)
+    gap, low, high = correlation_gap(exact, torch.rand(200, generator=g), exact)
+    assert gap > 0.8 and 0 < low <= gap <= high
+    same = correlation_gap(exact, exact.clone(), exact)
+    assert same == (0.0, 0.0, 0.0)
+    six = torch.arange(6.0)  # two scores that each swap a pair of six items: no verdict
+    gap, low, high = correlation_gap(six[[1, 0, 2, 3, 4, 5]], six[[0, 1, 2, 3, 5, 4]],
+                                     six)
+    assert gap == 0 and low < 0 < high
+    with pytest.raises(ValueError, match="three scores of the same items"):
+        correlation_gap(exact, exact[:5], exact)
+
+
+def test_kept_in_common_counts_the_shared_share():
+    assert kept_in_common([[0, 1], [2, 3]], [[1, 0], [2, 0]]) == 0.75
+    with pytest.raises(ValueError, match="one list per block"):
+        kept_in_common([[0]], [[0], [1]])
+
+
+def test_half_accuracies_split_even_and_odd_and_the_highest_sparsity_within_a_point():
+    correct = torch.tensor([True, False, True, True, False, False])
+    assert half_accuracies(correct) == (pytest.approx(2 / 3), pytest.approx(1 / 3))
+    with pytest.raises(ValueError, match="one boolean per test image"):
+        half_accuracies(torch.ones(2, 3, dtype=torch.bool))
+    tuned = {0.3: 0.87, 0.5: 0.865, 0.6: 0.85}
+    assert highest_within(tuned, 0.873) == 0.5
+    assert highest_within(tuned, 0.873, drop=0.03) == 0.6
+    assert highest_within(tuned, 0.95) is None
 
 
 def test_bad_pruning_arguments_say_what_is_wrong():
@@ -208,6 +308,8 @@ def test_a_sparsity_sweep_fine_tunes_through_the_masks(subset):
     rows, models = sparsity_sweep(tiny(), data, [0.5], get_recipe("finetune-brief"))
     (row,) = rows
     assert set(row) >= {"global", "layer", "fine-tuned", "dense", "csr32", "csr64", "gzip"}
+    halves = (row["fine-tuned (even)"] + row["fine-tuned (odd)"]) / 2  # 100 images each
+    assert halves == pytest.approx(row["fine-tuned"], abs=0.011)
     tuned, untuned = models[0.5], remove_masks(magnitude_prune(tiny(), 0.5))
     table = sparsity_table(tuned)
     assert table.zeros.sum() / table.weights.sum() == pytest.approx(0.5, abs=1e-3)  # still 50% zeros

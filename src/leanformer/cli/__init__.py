@@ -129,8 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heads", type=int, required=True, help="heads to keep in every block")
     p.add_argument("--mlp-units", type=int, required=True, help="MLP hidden units to keep in every block")
     p.add_argument("--score", default="taylor", choices=SCORES, help="importance score (leanformer.prune.SCORES)")
-    p.add_argument("--data", help="CIFAR-10 path; the taylor score ranks on its training images")
-    p.add_argument("--images", type=int, default=2048, help="training images for the taylor score")
+    p.add_argument("--data",
+                   help="CIFAR-10 path; the Taylor scores rank on its training images")
+    p.add_argument("--images", type=int, default=2048,
+                   help="training images for the Taylor scores")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the pruned .safetensors file to write")
     p.set_defaults(func=cmd_prune)

@@ -15,7 +15,7 @@ from ..files import atomic_write, sha256_file
 from ..machine import machine_info
 from ..measure import measure_costs, show_costs
 from ..model import VisionTransformer
-from ..prune import prune_by_score, sparsity_sweep
+from ..prune import GRADIENT_SCORES, highest_within, prune_by_score, sparsity_sweep
 from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
 from ..record import record_predictions, recorded_accuracy, test_set_sha256
@@ -27,7 +27,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if not isinstance(model, VisionTransformer):
         raise UsageError(f"{args.model} holds a {type(model).__name__}; prune removes the heads and "
                          "MLP units of a VisionTransformer")
-    data = _data(args.data) if args.score == "taylor" else None
+    data = _data(args.data) if args.score in GRADIENT_SCORES else None
     try:
         pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score, data,
                                         n_images=args.images, seed=args.seed)
@@ -67,11 +67,12 @@ def cmd_sparsity_sweep(args: argparse.Namespace) -> None:
                 "epochs": recipe.epochs, "train_images_seen": recipe.epochs * len(data.train_labels)})
     # The highest sparsity within a point of the checkpoint's recorded accuracy on these test images.
     ref_acc = recorded_accuracy(model, data)  # None unless measured on these very test images
-    within = [r["sparsity"] for r in rows if ref_acc is not None and r["fine-tuned"] >= ref_acc - 0.01]
+    tuned = {r["sparsity"]: r["fine-tuned"] for r in rows}
+    highest = highest_within(tuned, ref_acc) if ref_acc is not None else None
     result = {
         "command": command,
         "checkpoint_test_acc": ref_acc,
-        "highest_sparsity_within_1_point": max(within) if within else None,
+        "highest_sparsity_within_1_point": highest,
         "checkpoint": {"path": str(args.model), "weights_sha256": model.weights_sha256},
         "data_source": data.source, "data_sha256": _data_sha256(args.data),
         "train_images": len(data.train_labels), "test_images": len(data.test_labels),

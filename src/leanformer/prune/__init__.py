@@ -5,28 +5,37 @@ One module per job, from the bottom up:
 
     structured    slicing heads and MLP units out of the weights: prune_linear, prune_heads,
                   prune_mlp, prune_model, keep_top
-    scores        importance scores (taylor, magnitude, random), prune_by_score, and the exact
-                  cost of dropping each head
+    scores        importance scores (taylor, the batch variant; taylor-per-example;
+                  magnitude, random), prune_by_score, and what dropping a head costs
+    ranking       a score's ranking of the heads against the exact one or another's:
+                  rank_correlation, correlation_gap (bootstrap over heads),
+                  kept_in_common
     crosscheck    the same pruning by the Torch-Pruning library, and which heads and units it kept
     magnitude     unstructured magnitude pruning through torch.nn.utils.prune, and its masks
     sparse_files  a pruned model's weights stored dense, gzipped or in CSR, and their bytes
-    sweep         sparsity_sweep: prune to each sparsity, fine-tune through the masks, measure
+    sweep         sparsity_sweep: prune to each sparsity, fine-tune through the masks,
+                  measure; half_accuracies and highest_within, to choose a sparsity on
+                  one half of the test images
 
 Every public name is imported here: ``from leanformer.prune import prune_by_score``.
 """
 from ..measure.size import tensors_bytes
 from .structured import head_columns, head_rows, keep_top, prune_heads, prune_linear, prune_mlp, prune_model
-from .scores import SCORES, drop_one_head_losses, importance, prune_by_score
+from .scores import (GRADIENT_SCORES, SCORES, drop_one_head_losses, importance,
+                     prune_by_score)
+from .ranking import correlation_gap, kept_in_common, rank_correlation
 from .crosscheck import kept_by, prune_with_torch_pruning
 from .magnitude import magnitude_prune, prunable_weights, remove_masks, sparsity_table
 from .sparse_files import SPARSE_FORMATS, csr_tensors, from_csr_tensors, gzip_bytes, sparse_file_bytes
-from .sweep import sparsity_sweep
+from .sweep import half_accuracies, highest_within, sparsity_sweep
 
 __all__ = [
     # structured
     "prune_linear", "head_columns", "head_rows", "prune_heads", "prune_mlp", "prune_model", "keep_top",
     # scores
-    "SCORES", "importance", "prune_by_score", "drop_one_head_losses",
+    "SCORES", "GRADIENT_SCORES", "importance", "prune_by_score", "drop_one_head_losses",
+    # ranking
+    "rank_correlation", "correlation_gap", "kept_in_common",
     # crosscheck
     "prune_with_torch_pruning", "kept_by",
     # magnitude
@@ -34,7 +43,7 @@ __all__ = [
     # sparse_files
     "csr_tensors", "from_csr_tensors", "gzip_bytes", "SPARSE_FORMATS", "sparse_file_bytes",
     # sweep
-    "sparsity_sweep",
+    "sparsity_sweep", "half_accuracies", "highest_within",
     # from leanformer.measure.size, for lesson 04
     "tensors_bytes",
 ]

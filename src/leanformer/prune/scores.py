@@ -1,9 +1,19 @@
 """Which heads and MLP units to remove: an importance score, one number per head or unit, and
 the pruning it drives.
 
-``taylor`` is the first-order Taylor estimate of the loss change if a head or unit were removed
-(Molchanov et al. 2017; for heads this is the head-gate sensitivity of Michel et al. 2019),
-``magnitude`` the norm of its weights, ``random`` the baseline any score must beat.
+Both Taylor scores put a gate g = 1 on the output of every head and MLP unit and
+read the first-order estimate of the loss change if it were removed (g = 0) from
+dL/dg. They differ in where the absolute value is taken:
+
+``taylor-per-example`` averages |dL_i/dg| over the images i: the criterion of
+Molchanov et al. 2017 for units and of Michel et al. 2019 for heads, in which a head
+that helps some images and hurts others is credited with both.
+
+``taylor`` is a batch variant: |dL_B/dg| for the mean loss L_B of each batch of 128
+images, summed over the batches, so that opposite signs within a batch cancel. It made
+the course's shipped pruned models and stays as it is, so that they can be reproduced.
+
+``magnitude`` is the norm of the weights, ``random`` the baseline any score must beat.
 ``prune_by_score`` keeps the best of every block; ``drop_one_head_losses`` measures exactly what
 removing each head costs, to check a score against.
 """
@@ -20,13 +30,22 @@ from ..data import CIFAR10
 from ..model import VisionTransformer
 from .structured import _blocks, keep_top, prune_model
 
-SCORES = ("taylor", "magnitude", "random")
+SCORES = ("taylor", "taylor-per-example", "magnitude", "random")
+GRADIENT_SCORES = ("taylor", "taylor-per-example")  # the scores that need images
 
 
 def _taylor_scores(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor,
-                   batch_size: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """|dL/dg| for a gate g on every head output and every MLP hidden unit, summed over batches:
-    the first-order estimate of how much the loss changes when that head or unit is removed."""
+                   batch_size: int, per_example: bool = False,
+                   ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """dL/dg for a gate g on every head output and every MLP hidden unit: the
+    first-order estimate of how much the loss changes when that head or unit goes.
+
+    ``per_example=False`` (the ``taylor`` score): |dL_B/dg| of each batch's mean loss,
+    summed over the batches. ``per_example=True`` (``taylor-per-example``): |dL_i/dg| of
+    each image's own loss, averaged over the images. Both take one backward pass per
+    batch: in eval mode no image's output depends on another image, so the gradient of
+    the batch's summed loss with respect to image i's activations is dL_i/d(activations
+    of i), and the gate's gradient of image i sums over that image's tokens alone."""
     model.eval()
     blocks = _blocks(model)
     heads = [torch.zeros(b.attn.num_heads) for b in blocks]
@@ -38,25 +57,35 @@ def _taylor_scores(model: VisionTransformer, images: torch.Tensor, labels: torch
             x = args[0]
             if x.requires_grad:
                 def on_grad(g: torch.Tensor, x: torch.Tensor = x) -> None:
-                    # The gate's gradient: sum of activation times gradient over one group.
-                    contrib = (x.detach() * g).flatten(0, -2).sum(0)
-                    store.add_(contrib.view(-1, group).sum(1).abs().float().cpu())
+                    # The gate's gradient: sum of activation x gradient over a group
+                    prod = x.detach() * g
+                    if per_example:  # (images, tokens, channels): each image's own sum
+                        each = prod.flatten(1, -2).sum(1).view(len(prod), -1, group)
+                        store.add_(each.sum(2).abs().sum(0).float().cpu())
+                    else:
+                        contrib = prod.flatten(0, -2).sum(0)
+                        store.add_(contrib.view(-1, group).sum(1).abs().float().cpu())
                 x.register_hook(on_grad)
         return hook
 
     for i, b in enumerate(blocks):
         handles.append(b.attn.proj.register_forward_pre_hook(watch(heads[i], b.attn.head_dim)))
         handles.append(b.mlp.fc2.register_forward_pre_hook(watch(units[i], 1)))
+    reduction = "sum" if per_example else "mean"  # sum: each image's own gradient
     try:
         for start in range(0, len(labels), batch_size):
             x = images[start:start + batch_size]
             x = x.float().div(255) if x.dtype == torch.uint8 else x
             model.zero_grad(set_to_none=True)
-            F.cross_entropy(model(x), labels[start:start + batch_size]).backward()
+            y = labels[start:start + batch_size]
+            F.cross_entropy(model(x), y, reduction=reduction).backward()
     finally:
         for h in handles:
             h.remove()
         model.zero_grad(set_to_none=True)
+    if per_example:  # the average over the images
+        heads = [h / len(labels) for h in heads]
+        units = [u / len(labels) for u in units]
     return heads, units
 
 
@@ -75,11 +104,15 @@ def importance(model: VisionTransformer, score: str = "taylor", images: torch.Te
                labels: torch.Tensor | None = None, batch_size: int = 128,
                seed: int = 0) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(head scores, unit scores): one tensor per block each, larger = more important.
-    ``taylor`` needs training ``images`` (uint8 or float in [0, 1]) and ``labels``."""
-    if score == "taylor":
+    ``taylor`` (the batch variant) and ``taylor-per-example`` need training ``images``
+    (uint8 or float in [0, 1]) and ``labels``; the module's docstring says what each
+    computes."""
+    if score in GRADIENT_SCORES:
         if images is None or labels is None:
-            raise ValueError("the taylor score needs images and labels (a slice of the training set)")
-        return _taylor_scores(model, images, labels, batch_size)
+            raise ValueError(f"the {score} score needs images and labels "
+                             "(a slice of the training set)")
+        return _taylor_scores(model, images, labels, batch_size,
+                              per_example=score == "taylor-per-example")
     if score == "magnitude":
         return _magnitude_scores(model)
     if score == "random":
@@ -93,18 +126,19 @@ def prune_by_score(model: VisionTransformer, heads: int, units: int, score: str 
                    data: CIFAR10 | None = None, n_images: int = 2048,
                    seed: int = 0) -> tuple[VisionTransformer, dict[str, Any]]:
     """Keep the ``heads`` most important heads and ``units`` most important MLP units of every
-    block by ``score``; the taylor score ranks on ``n_images`` training images of ``data`` drawn
-    with ``seed``. Returns the pruned copy and a record of what was kept and why (what the
-    ``prune`` command saves as provenance)."""
+    block by ``score``; the Taylor scores rank on ``n_images`` training images of
+    ``data`` drawn with ``seed``. Returns the pruned copy and a record of what was kept
+    and why (what the ``prune`` command saves as provenance)."""
     for b in _blocks(model):
         if not 1 <= heads <= b.attn.num_heads:
             raise ValueError(f"heads: keep between 1 and {b.attn.num_heads} per block, got {heads}")
         if not 1 <= units <= b.mlp.fc1.out_features:
             raise ValueError(f"units: keep between 1 and {b.mlp.fc1.out_features} per block, got {units}")
     x = y = None
-    if score == "taylor":
+    if score in GRADIENT_SCORES:
         if data is None:
-            raise ValueError("the taylor score needs data: its training images rank the heads and units")
+            raise ValueError(f"the {score} score needs data: its training images "
+                             "rank the heads and units")
         # A fixed random sample of training images (never test images) ranks the heads and units.
         pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:n_images]
         x, y = data.train_images[pick], data.train_labels[pick]
