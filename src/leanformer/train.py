@@ -25,14 +25,14 @@ from torch import nn
 
 from . import checkpoint
 from .augment import augment, auto_augment, check_auto_augment_policy, mix
-from .convnet import ConvNet, ConvNetConfig, whiten_init
+from .convnet import ConvNet, ConvNetConfig, whiten_init_
 from .data import CIFAR10, batches
 from .evaluate import default_device, evaluate
 from .families import ARCHS, arch_of, create_model
 from .machine import machine_info
 from .measure import count_parameters
 from .model import ViTConfig
-from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
+from .precision import autocast, grad_scaler, resolve_precision
 from .recipes import Recipe, RecipeError
 from .record import test_set_sha256
 from .resume import check_same_run, run_identity
@@ -41,8 +41,9 @@ from .resume import check_same_run, run_identity
 def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
     """The recipe's model, freshly initialised from its seed: ``recipe.model`` overrides the
     config of ``recipe.arch``. A ConvNet with a whitening stem takes its filters from
-    ``data.train_images`` (``whiten_init``); without ``data`` its stem keeps random weights,
-    which is fine for a model whose weights are loaded next, not for training."""
+    ``data.train_images`` (``whiten_init_``); without ``data`` its stem keeps random
+    weights, which is fine for a model whose weights are loaded next, not for
+    training."""
     if recipe.arch not in ARCHS:
         raise RecipeError(f"arch must be one of {', '.join(ARCHS)}, got {recipe.arch!r}")
     config_cls: type[ViTConfig] | type[ConvNetConfig] = ARCHS[recipe.arch][0]
@@ -54,7 +55,7 @@ def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.arch, cfg)
     if isinstance(model, ConvNet) and model.cfg.whiten and data is not None:
-        whiten_init(model, data.train_images)
+        whiten_init_(model, data.train_images)
     return model
 
 
@@ -183,7 +184,8 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
 
     model:    start from this model and its weights (a fine-tune) instead of building
               ``recipe.model`` from scratch (``build_model(recipe, data)``). It is trained in
-              place.
+              place, as an optimizer steps its parameters, and returned: pass a copy
+              (``copy.deepcopy``) to keep the original.
     loss_fn:  ``loss_fn(logits, batch) -> loss`` with ``batch`` a ``Batch``; default
               ``recipe_loss(recipe)``. A distillation loss reads ``batch.images`` to ask its
               teacher.
@@ -210,8 +212,8 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
     lookahead = Lookahead(model, recipe.lookahead, total_steps) if recipe.lookahead else None
-    dtype = autocast_dtype(recipe.precision, device)
-    scaler = grad_scaler(dtype, device)
+    precision = resolve_precision(recipe.precision, device)  # "auto" decided once
+    scaler = grad_scaler(precision, device)
 
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -264,7 +266,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
                 x, y, y_other, lam = mix(x, y, gen, recipe.mix_prob, recipe.mixup_alpha,
                                          recipe.cutmix_alpha)
             x, y, y_other = x.to(device), y.to(device), y_other.to(device)
-            with autocast(dtype, device):
+            with autocast(precision, device):
                 logits = model(x)
                 loss = loss_fn(logits, Batch(x, y, y_other, lam))
             optimizer.zero_grad(set_to_none=True)
@@ -286,7 +288,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             lookahead.finish(model)  # the model becomes the average
         train_time = time.perf_counter() - t0
         test_acc, test_loss = evaluate(model, data.test_images, data.test_labels,
-                                       precision=recipe.precision, device=device)
+                                       precision=precision, device=device)
         history.append(dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen,
                             test_loss=test_loss, test_acc=test_acc, lr=lr,
                             images_per_s=seen / train_time, epoch_time_s=time.perf_counter() - t0))

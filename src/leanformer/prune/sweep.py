@@ -8,7 +8,7 @@ from ..data import CIFAR10
 from ..evaluate import evaluate
 from ..recipes import Recipe, get_recipe
 from ..train import fit
-from .magnitude import magnitude_prune, remove_masks
+from .magnitude import magnitude_prune, remove_masks_
 from .sparse_files import SPARSE_FORMATS, sparse_file_bytes
 
 
@@ -34,7 +34,7 @@ def sparsity_sweep(model: nn.Module, data: CIFAR10, levels: list[float], recipe:
             tuned, history = fit(recipe, data, model=tuned, progress=progress)
             row["fine-tuned"] = history[-1]["test_acc"]
             row["fine-tune (s)"] = sum(h["epoch_time_s"] for h in history)
-        models[float(s)] = tuned = remove_masks(tuned)
+        models[float(s)] = tuned = remove_masks_(tuned)
         row.update({fmt: len(sparse_file_bytes(tuned, fmt)) for fmt in SPARSE_FORMATS})
         rows.append(row)
         if progress:
