@@ -48,14 +48,18 @@ notebooks: $(INSTALLED)
 stamp: $(INSTALLED)
 	$(PY) tools/notebooks.py stamp
 
-## Training throughput of the reference model against a naive nn.TransformerEncoder model.
+## Training throughput of the reference model against a naive nn.TransformerEncoder
+## model, their steps timed in turns (leanformer.measure.time_training), each speed-up
+## with its interval.
 benchmark: $(INSTALLED)
 	$(PY) -m leanformer.benchmark
 
-## Retrain the reference model into runs/ (close to three hours on 2 CPU cores; run it again to resume;
-## see checkpoints/README.md). The shipped checkpoint is replaced only by copying the result over it.
+## Retrain the reference model into runs/reference.safetensors (close to three hours
+## on 2 CPU cores; run it again to resume; see checkpoints/README.md). The shipped
+## checkpoint is replaced only by copying the result over it.
 reference: $(INSTALLED)
-	$(PY) -m leanformer train --recipe reference --data $(DATA) --out runs --resume
+	$(PY) -m leanformer train --recipe reference --data $(DATA) \
+		--out runs/reference.safetensors --resume
 
 clean:
 	rm -rf _build

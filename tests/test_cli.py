@@ -19,8 +19,10 @@ from leanformer.cli import main
 from leanformer.checkpoint import save_model
 
 
-def train_args(out, data, *more):
-    return ["train", "--recipe", "quick", "--epochs", "1", "--data", str(data), "--out", str(out), *more]
+def train_args(folder, data, *more):
+    """Train "quick" for one epoch into folder/quick.safetensors (--out: the file)."""
+    return ["train", "--recipe", "quick", "--epochs", "1", "--data", str(data),
+            "--out", str(folder / "quick.safetensors"), *more]
 
 
 def fails(argv, capsys):
@@ -86,7 +88,7 @@ def test_resume_refuses_another_teacher_data_or_starting_model(tmp_path, tiny_fo
 
     def args(init=start, teach=teacher, data=tiny_folder, *more):
         return ["train", "--recipe", "finetune-brief", "--init", str(init), "--teacher", str(teach),
-                "--data", str(data), "--out", str(out), "--name", "kd", *more]
+                "--data", str(data), "--out", str(out / "kd.safetensors"), *more]
 
     main(args())
     printed = capsys.readouterr().out
@@ -109,6 +111,18 @@ def test_resume_refuses_another_teacher_data_or_starting_model(tmp_path, tiny_fo
     assert (out / "kd.safetensors").exists()
 
 
+def test_out_names_the_model_file_not_a_folder_or_another_suffix(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for out, says in [(runs, "is a folder; --out names the model file to write, "
+                             f"e.g. {runs / 'quick'}.safetensors"),
+                      (tmp_path / "quick.pt", "--out names the model file to write, "
+                                              "NAME.safetensors")]:
+        code, err = fails(["train", "--recipe", "quick", "--out", str(out)], capsys)
+        assert code == 2 and says in err, err
+    assert list(tmp_path.iterdir()) == [runs] and not any(runs.iterdir())
+
+
 @pytest.mark.parametrize("flags, says", [
     (["--qat-bits", "9"], "2 to 8 bits, got '9'"),
     (["--qat-bits", "1"], "2 to 8 bits, got '1'"),
@@ -121,7 +135,8 @@ def test_resume_refuses_another_teacher_data_or_starting_model(tmp_path, tiny_fo
     (["--teacher", "t.safetensors", "--alpha", "2"], "--alpha must lie in [0, 1]"),
 ])
 def test_a_flag_that_cannot_be_is_one_line_and_status_2(flags, says, tmp_path, capsys):
-    code, err = fails(["train", "--recipe", "quick", "--out", str(tmp_path), *flags], capsys)
+    out = str(tmp_path / "m.safetensors")
+    code, err = fails(["train", "--recipe", "quick", "--out", out, *flags], capsys)
     assert code == 2 and says in err and err.startswith("python -m leanformer train: error:"), err
     assert list(tmp_path.iterdir()) == []  # refused before anything was written
 
@@ -129,7 +144,8 @@ def test_a_flag_that_cannot_be_is_one_line_and_status_2(flags, says, tmp_path, c
 def test_the_one_line_holds_in_a_real_process(tmp_path):
     for flags in (["--qat-bits", "9"], ["--epochs", "0"]):
         run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "quick",
-                              "--out", str(tmp_path), *flags], capture_output=True, text=True)
+                              "--out", str(tmp_path / "m.safetensors"), *flags],
+                             capture_output=True, text=True)
         assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
         assert "Traceback" not in run.stderr and "usage:" not in run.stderr
 
@@ -138,13 +154,14 @@ def test_qat_groups_default_to_the_librarys_and_must_divide_the_layers(tmp_path,
                                                                       tmp_cache, capsys, make_tiny_vit):
     import inspect
 
-    from leanformer.quantize import prepare_qat
+    from leanformer.quantize import prepare_qat_
 
-    library = inspect.signature(prepare_qat).parameters["group_size"].default
+    library = inspect.signature(prepare_qat_).parameters["group_size"].default
     start = tmp_path / "start.safetensors"
     save_model(make_tiny_vit(0), start)  # Linear layers of 32 and 64 inputs
     base = ["train", "--recipe", "qat", "--epochs", "1", "--init", str(start), "--qat-bits", "4",
-            "--data", str(tiny_folder), "--out", str(tmp_path / "runs")]
+            "--data", str(tiny_folder),
+            "--out", str(tmp_path / "runs" / "qat.safetensors")]
     code, err = fails(base + ["--qat-group", "7"], capsys)
     assert code == 2 and "--qat-group 7 must divide" in err and "blocks.0.attn.qkv (32)" in err
     main(base)
@@ -154,7 +171,8 @@ def test_qat_groups_default_to_the_librarys_and_must_divide_the_layers(tmp_path,
 
 def test_train_names_the_recipes_when_one_is_unknown(tmp_path):
     out = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "refrence",
-                          "--out", str(tmp_path)], capture_output=True, text=True)
+                          "--out", str(tmp_path / "m.safetensors")],
+                         capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr
     assert out.stderr.count("\n") == 1
     assert "unknown recipe 'refrence'" in out.stderr and "reference" in out.stderr
@@ -166,8 +184,8 @@ def test_a_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tiny_
     save_model(make_tiny_vit(1), teacher)
     run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "finetune-brief",
                           "--init", str(start), "--teacher", str(teacher), "--alpha", "0.5",
-                          "--temperature", "2", "--data", str(tiny_folder), "--out", str(tmp_path),
-                          "--name", "student"],
+                          "--temperature", "2", "--data", str(tiny_folder),
+                          "--out", str(tmp_path / "student.safetensors")],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     record = json.loads((tmp_path / "student.json").read_text())
@@ -181,11 +199,13 @@ def test_a_fine_tune_with_a_teacher_records_both_starting_points(tmp_path, tiny_
 def test_train_makes_a_convnet_that_evaluate_loads(tmp_path, tiny_folder):
     from leanformer.convnet import ConvNet
 
+    # Without --out, the model goes to runs/RECIPE.safetensors under the working folder.
     run = subprocess.run([sys.executable, "-m", "leanformer", "train", "--recipe", "teacher-cnn-quick",
-                          "--epochs", "1", "--data", str(tiny_folder), "--out", str(tmp_path)],
-                         capture_output=True, text=True)
+                          "--epochs", "1", "--data", str(tiny_folder)],
+                         capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stderr
-    path = tmp_path / "teacher-cnn-quick.safetensors"
+    path = tmp_path / "runs" / "teacher-cnn-quick.safetensors"
+    assert (tmp_path / "runs" / "teacher-cnn-quick.json").exists()
     model = load_model(path)
     assert isinstance(model, ConvNet) and model.cfg.widths == (16, 32, 32)
     assert json.loads(path.with_suffix(".json").read_text())["arch"] == "convnet"
@@ -268,7 +288,8 @@ def test_quantize_writes_an_int8_file_that_evaluate_and_costs_read(tmp_path, tin
         assert not torch.equal(quantized(x), load_model(model_path)(x))
 
     table = tmp_path / "costs.json"
-    main(["costs", str(model_path), str(out), "--data", str(tiny_folder), "--rounds", "1", "--json", str(table)])
+    main(["costs", str(model_path), str(out), "--data", str(tiny_folder),
+          "--rounds", "1", "--out", str(table)])
     costs = json.loads(table.read_text())["costs"]
     assert [c["name"] for c in costs] == ["tiny.safetensors", "tiny-int8.pt"]
     assert costs[1]["file_bytes"] == out.stat().st_size  # the int8 file as shipped

@@ -5,7 +5,7 @@ import torch
 
 from leanformer import checkpoint
 from leanformer.checkpoint import load_model, save_model
-from leanformer.convnet import ConvNet, ConvNetConfig, conv3x3, patches, whiten_init
+from leanformer.convnet import ConvNet, ConvNetConfig, conv3x3, patches, whiten_init_
 from leanformer.data import CIFAR10
 from leanformer.evaluate import evaluate
 from leanformer.model import VisionTransformer
@@ -61,7 +61,8 @@ def test_a_fresh_conv3x3_passes_its_input_through_on_its_first_channels():
 def test_the_config_round_trips_and_refuses_unknown_fields(subset):
     cfg = ConvNetConfig(widths=(8, 16, 32), stem_kernel=3)
     assert ConvNetConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    model = whiten_init(ConvNet(cfg), subset.train_images[:50])  # 3x3 patches: 2 * 27 channels
+    # 3x3 patches: 2 * 27 channels
+    model = whiten_init_(ConvNet(cfg), subset.train_images[:50])
     assert model.stem.weight.shape == (54, 3, 3, 3) and model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
     with pytest.raises(ValueError, match="unknown ConvNetConfig fields"):
         ConvNetConfig.from_dict({"embed_dim": 64})
@@ -86,7 +87,7 @@ def test_whitening_decorrelates_the_patches(subset):
 
     # With eps = 0 the filters whiten the very patches they were computed from exactly: zero
     # mean, identity covariance, and the second half of the channels is the first negated.
-    whiten_init(model, train, eps=0.0)
+    whiten_init_(model, train, eps=0.0)
     y = stem_outputs(model, train)
     torch.testing.assert_close(y[:, 12:], -y[:, :12])
     torch.testing.assert_close(y[:, :12].mean(0), torch.zeros(12, dtype=torch.float64), atol=1e-4, rtol=0)
@@ -95,7 +96,7 @@ def test_whitening_decorrelates_the_patches(subset):
 
     # With the default eps the variances are lambda / (lambda + eps): 1 for the strong components,
     # less for the faintest (pixel noise), which eps keeps from being blown up.
-    whiten_init(model, train)
+    whiten_init_(model, train)
     train_patches = patches((train.float() / 255 - model.mean) / model.std, 2).double()
     lam = torch.linalg.eigvalsh(torch.cov(train_patches.T))
     expected = torch.diag((lam / (lam + 5e-4)).flip(0))  # largest first, as the stem's channels are
@@ -109,25 +110,26 @@ def test_whitening_decorrelates_the_patches(subset):
 def test_whiten_init_is_deterministic_and_uses_the_first_images(subset):
     a, b = tiny_convnet(), tiny_convnet()
     torch.manual_seed(123)  # the global seed plays no part
-    whiten_init(a, subset.train_images, n_images=300)
-    whiten_init(b, subset.train_images[:300])
+    whiten_init_(a, subset.train_images, n_images=300)
+    whiten_init_(b, subset.train_images[:300])
     assert torch.equal(a.stem.weight, b.stem.weight) and torch.equal(a.stem.bias, b.stem.bias)
-    whiten_init(b, subset.train_images[300:600])
+    whiten_init_(b, subset.train_images[300:600])
     assert not torch.equal(a.stem.weight, b.stem.weight)
 
 
 def test_whiten_init_refuses_images_it_cannot_use(subset):
     model = tiny_convnet()
     with pytest.raises(ValueError, match=r"uint8 training images of shape \(N, 3, 32, 32\).*float32"):
-        whiten_init(model, subset.train_images[:10].float() / 255)
+        whiten_init_(model, subset.train_images[:10].float() / 255)
     with pytest.raises(ValueError, match=r"got a torch.uint8 tensor of shape \(10, 32, 32, 3\)"):
-        whiten_init(model, subset.train_images[:10].permute(0, 2, 3, 1))
+        whiten_init_(model, subset.train_images[:10].permute(0, 2, 3, 1))
     with pytest.raises(TypeError, match="stem of a ConvNet, got a VisionTransformer"):
-        whiten_init(VisionTransformer(embed_dim=32, depth=1, num_heads=2), subset.train_images[:10])
+        whiten_init_(VisionTransformer(embed_dim=32, depth=1, num_heads=2),
+                     subset.train_images[:10])
 
 
 def test_save_and_load_round_trip_records_the_arch(subset, tmp_path):
-    model = whiten_init(tiny_convnet(), subset.train_images[:200])
+    model = whiten_init_(tiny_convnet(), subset.train_images[:200])
     model.train()
     with torch.no_grad():
         model(subset.train_images[:64].float() / 255)  # move BatchNorm's running statistics
@@ -159,7 +161,8 @@ def test_fit_trains_the_quick_convnet_and_records_its_arch(subset):
     assert model.provenance["arch"] == "convnet" and model.provenance["recipe"]["arch"] == "convnet"
     assert model.provenance["model"]["widths"] == (16, 32, 32)
     # fit whitened the stem from the training images before the first step, and left it fixed.
-    expected = whiten_init(build_model(get_recipe("teacher-cnn-quick")), data.train_images)
+    expected = whiten_init_(build_model(get_recipe("teacher-cnn-quick")),
+                            data.train_images)
     assert torch.equal(model.stem.weight, expected.stem.weight)
 
 

@@ -223,3 +223,23 @@ def test_a_failed_make_subset_leaves_the_old_file_and_no_temporary_one(tmp_path,
         D.make_subset(source, dest, per_class=1)
     assert [p.name for p in out.iterdir()] == ["subset.tar.gz"]
     assert dest.read_bytes() == b"the previous subset"
+
+
+def test_train_sample_draws_training_images_with_their_labels_reproducibly():
+    from leanformer.data import CIFAR10
+
+    images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 32, 32)
+    data = CIFAR10(images, torch.arange(20), images[:5], torch.arange(5), source="here")
+    x, y = data.train_sample(6, seed=3)
+    assert x.shape == (6, 3, 32, 32)
+    assert torch.equal(x[:, 0, 0, 0].long(), y)  # each image with its own label
+    again, _ = data.train_sample(6, seed=3)
+    other, _ = data.train_sample(6, seed=4)
+    assert torch.equal(x, again) and not torch.equal(x, other)
+    assert len(set(y.tolist())) == 6  # drawn without replacement
+    # The draw the course has always made (the shipped pruned model's 2,048 images).
+    pick = torch.randperm(20, generator=torch.Generator().manual_seed(3))[:6]
+    assert torch.equal(y, pick)
+    for bad in (0, 21, 2.5):
+        with pytest.raises(ValueError, match="from 1 to 20, got"):
+            data.train_sample(bad)

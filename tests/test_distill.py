@@ -37,7 +37,7 @@ def test_distillation_loss_asks_the_teacher_about_the_batch_and_mixes_in_the_lab
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
     loss.backward()
     assert logits.grad is not None
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
 
 
 def test_temperature_1_and_alpha_0_is_plain_cross_entropy():
@@ -66,23 +66,28 @@ def test_hard_distillation_takes_the_teachers_top_class_as_the_label():
 
 
 def test_the_teacher_stays_in_eval_mode_and_unchanged_while_the_student_learns():
-    """BatchNorm's running statistics and dropout are the teacher's own, fixed answers."""
+    """BatchNorm's running statistics and dropout are the teacher's own, fixed answers;
+    the model passed in as the teacher is left as it was (the loss asks a copy)."""
     torch.manual_seed(0)
     teacher = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4),
                                   torch.nn.Dropout(0.5), torch.nn.Flatten(), torch.nn.Linear(16, 10))
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     loss_fn = DistillationLoss(teacher.train(), alpha=1.0, temperature=2.0)
+    assert teacher.training  # untouched: the loss froze a copy
+    assert all(p.requires_grad for p in teacher.parameters())
     student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 10))
     images, labels = torch.randn(8, 3, 2, 2), torch.randint(0, 10, (8,))
     first = loss_fn(student(images), Batch(images, labels, labels))
-    teacher.train()  # even if something switches it back, it answers in eval mode
+    loss_fn.teacher.train()  # even if something switches it back, it answers in eval
     second = loss_fn(student(images), Batch(images, labels, labels))
     second.backward()
     assert first.item() == second.item()  # no dropout noise, no batch statistics
-    assert not teacher.training
-    assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
+    assert not loss_fn.teacher.training
+    frozen = loss_fn.teacher.parameters()
+    assert all(p.grad is None and not p.requires_grad for p in frozen)
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k]), k
+        assert torch.equal(loss_fn.teacher.state_dict()[k], before[k]), k
     assert student[1].weight.grad is not None
 
 

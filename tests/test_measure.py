@@ -190,7 +190,8 @@ def test_a_cost_goes_to_json_and_back_unchanged():
 # Each module below imports only modules of a lower rank, at the top of the file or inside a
 # function: no import runs back up, so none needs hiding inside a function.
 RANKS = {"machine": 0, "precision": 1, "evaluate": 2, "measure.size": 3, "measure.stats": 3,
-         "measure.flops": 4, "measure.timing": 4, "measure.cost": 5, "measure.table": 6}
+         "measure.flops": 4, "measure.timing": 4, "measure.cost": 5,
+         "measure.training_speed": 5, "measure.table": 6}
 
 
 def package_imports(name):
@@ -230,6 +231,49 @@ def test_ratio_interval_pairs_the_rounds_and_the_verdict_reads_the_interval():
     assert verdict((2.0, 1.9, 2.1), 2.0) == "at the margin"
     with pytest.raises(ValueError, match="pairs the samples"):
         ratio_interval(fast, Spread.of(base[:4]))
+
+
+def test_rate_side_by_side_interleaves_the_entries_and_counts_items_per_second():
+    import time
+
+    from leanformer.measure import rate_side_by_side
+
+    order = []
+
+    def run(name, seconds=0.0):
+        def call():
+            order.append(name)
+            time.sleep(seconds)
+        return call
+
+    rates = rate_side_by_side({"a": run("a", 0.01), "b": run("b")}, items=10, rounds=2,
+                              calls=2, warmup=1)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 2  # warm-up, then the rounds
+    assert rates["a"].n == rates["b"].n == 4  # a sample per timed call, paired by round
+    assert 0 < rates["a"].max <= 10 / 0.01  # each call of a sleeps 10 ms, for 10 items
+    with pytest.raises(ValueError, match="at least one round and one call"):
+        rate_side_by_side({"a": run("a")}, items=1, rounds=0, calls=1, warmup=0)
+
+
+def test_time_training_times_precisions_side_by_side_and_leaves_the_model(monkeypatch):
+    from leanformer.measure import ratio_interval, time_training
+
+    monkeypatch.delenv("LEANFORMER_TIMING", raising=False)
+    model = shared_tiny_vit(0).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    speed = time_training({"fp32": model, "bf16": model}, precision={"bf16": "bf16"},
+                          batch_size=4, rounds=2, steps=2, warmup=1)
+    assert list(speed) == ["fp32", "bf16"]
+    assert all(s.n == 4 and s.min > 0 for s in speed.values())
+    median, low, high = ratio_interval(speed["bf16"], speed["fp32"])
+    assert 0 < low <= median <= high
+    assert not model.training and all(p.grad is None for p in model.parameters())
+    # A copy trained: the model's weights are as they were.
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    monkeypatch.setenv("LEANFORMER_TIMING", "brief")  # make test: one round of one step
+    assert time_training({"m": model}, batch_size=2, rounds=5, steps=3)["m"].n == 1
+    with pytest.raises(ValueError, match="precision must be"):
+        time_training({"m": model}, precision="bfloat16", batch_size=2)
 
 
 def test_a_cost_with_samples_goes_to_json_and_back():

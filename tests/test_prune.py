@@ -8,8 +8,9 @@ from leanformer.prune import (correlation_gap, csr_tensors, drop_one_head_losses
                               from_csr_tensors, gzip_bytes, half_accuracies,
                               highest_within, importance, keep_top, kept_by,
                               kept_in_common, magnitude_prune, prunable_weights,
-                              prune_linear, prune_model,
-                              prune_with_torch_pruning, rank_correlation, remove_masks,
+                              prune_by_score, prune_heads_, prune_linear, prune_mlp_,
+                              prune_model, prune_with_torch_pruning, rank_correlation,
+                              remove_masks_,
                               sparse_file_bytes, sparsity_sweep, sparsity_table,
                               tensors_bytes)
 from leanformer.recipes import get_recipe
@@ -75,6 +76,27 @@ def test_a_silenced_head_and_unit_score_lowest(score, subset):
     assert [len(h) for h in heads] == [4, 4] and [len(u) for u in units] == [64, 64]
     assert heads[0].argmin() == 2 and units[0].argmin() == 7 and heads[0][2] == 0
     assert keep_top(heads, 3)[0] == [0, 1, 3]
+
+
+def test_in_place_pruning_returns_what_it_changed_and_a_copy_leaves_the_model(subset):
+    model = tiny().train()
+    attn, mlp = model.blocks[0].attn, model.blocks[0].mlp
+    assert prune_heads_(attn, [0, 3]) is attn and attn.num_heads == 2  # the same module
+    assert prune_mlp_(mlp, range(10)) is mlp and mlp.fc1.out_features == 10
+    model = tiny().train()
+    held = torch.ones_like(model.head.weight)
+    model.head.weight.grad = held  # a gradient the caller is keeping
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images, labels = subset.train_sample(64, seed=1)
+    pruned, record = prune_by_score(model, 2, 16, "taylor", images, labels, seed=1)
+    assert pruned is not model and pruned.cfg.widths() == [(2, 16), (2, 16)]
+    taylor_heads = importance(model, "taylor", images, labels)[0]
+    assert record["score_images"] == 64  # the images given rank the heads
+    assert record["kept_heads"] == keep_top(taylor_heads, 2)
+    assert model.training and model.head.weight.grad is held  # mode and gradient kept
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match="needs images and labels"):
+        prune_by_score(model, 2, 16, "taylor")
 
 
 def test_unknown_score_is_refused():
@@ -252,7 +274,7 @@ def test_masks_double_the_file_until_removed_and_csr_shrinks_it_when_sparse():
     masked = magnitude_prune(model, 0.9)
     dense = safetensors_bytes(model)
     assert tensors_bytes(masked.state_dict()) > 1.5 * dense
-    removed = remove_masks(masked)
+    removed = remove_masks_(masked)
     assert sorted(removed.state_dict()) == sorted(model.state_dict())
     assert tensors_bytes(removed.state_dict()) == dense  # zeros take as many bytes as any number
     csr32, csr64 = csr_tensors(removed, torch.int32), csr_tensors(removed, torch.int64)
@@ -270,7 +292,7 @@ def test_each_sparse_file_format_gives_back_the_same_weights():
 
     from safetensors.torch import load
 
-    model = remove_masks(magnitude_prune(tiny(), 0.8))
+    model = remove_masks_(magnitude_prune(tiny(), 0.8))
     state = model.state_dict()
     files = {fmt: sparse_file_bytes(model, fmt) for fmt in ("dense", "gzip", "csr64", "csr32")}
     assert len(files["dense"]) == safetensors_bytes(model)
@@ -286,7 +308,7 @@ def test_each_sparse_file_format_gives_back_the_same_weights():
 
 
 def test_csr_refuses_a_model_with_masks_and_indices_too_narrow():
-    with pytest.raises(ValueError, match="call remove_masks"):
+    with pytest.raises(ValueError, match="call remove_masks_"):
         csr_tensors(magnitude_prune(tiny(), 0.5))
     wide = torch.nn.Sequential(torch.nn.Linear(300, 2))
     with pytest.raises(ValueError, match="more rows or columns than torch.int8"):
@@ -294,7 +316,7 @@ def test_csr_refuses_a_model_with_masks_and_indices_too_narrow():
 
 
 def test_a_file_with_broken_csr_indices_is_refused():
-    tensors = csr_tensors(remove_masks(magnitude_prune(tiny(), 0.5)))
+    tensors = csr_tensors(remove_masks_(magnitude_prune(tiny(), 0.5)))
     key = next(k for k in tensors if k.endswith(".col_indices"))
     tensors[key] = tensors[key] + 10_000  # column indices beyond the matrix
     with pytest.raises(RuntimeError, match=r"weight: not a valid CSR matrix .*col_indices"):
@@ -310,7 +332,7 @@ def test_a_sparsity_sweep_fine_tunes_through_the_masks(subset):
     assert set(row) >= {"global", "layer", "fine-tuned", "dense", "csr32", "csr64", "gzip"}
     halves = (row["fine-tuned (even)"] + row["fine-tuned (odd)"]) / 2  # 100 images each
     assert halves == pytest.approx(row["fine-tuned"], abs=0.011)
-    tuned, untuned = models[0.5], remove_masks(magnitude_prune(tiny(), 0.5))
+    tuned, untuned = models[0.5], remove_masks_(magnitude_prune(tiny(), 0.5))
     table = sparsity_table(tuned)
     assert table.zeros.sum() / table.weights.sum() == pytest.approx(0.5, abs=1e-3)  # still 50% zeros
     assert not any(hasattr(m, "weight_mask") for _, m in prunable_weights(tuned))

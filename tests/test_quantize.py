@@ -464,6 +464,16 @@ def test_compiled_for_cpu_cuts_and_pads_batches_row_for_row(n, calls, monkeypatc
     assert not wrapped.train().training  # stays in eval mode
 
 
+def test_compile_for_cpu_holds_the_model_and_refuses_one_in_training_mode(monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model, **options: model)  # see above
+    model = tiny_vit().train()
+    with pytest.raises(ValueError, match=r"for inference.*call model\.eval\(\) first"):
+        Q.compile_for_cpu(model)
+    assert model.training  # refused, not switched behind the caller's back
+    compiled, seconds = Q.compile_for_cpu(model.eval(), batch_sizes=(2,))
+    assert compiled.uncompiled is model and seconds >= 0
+
+
 # --- quantization-aware training: the fake quantizers on and off --------------------------------
 
 def on_a_grid(values, bits):
@@ -480,7 +490,9 @@ def on_a_grid(values, bits):
 @pytest.mark.parametrize("bits, group_size, activations", [(3, None, True), (4, 32, False)])
 def test_prepare_qat_puts_fake_quantizers_on_every_linear_layer(bits, group_size, activations):
     model = tiny_vit()
-    qat = Q.prepare_qat(copy.deepcopy(model), bits, group_size, activations)
+    start = copy.deepcopy(model)
+    qat = Q.prepare_qat_(start, bits, group_size, activations)
+    assert qat is start  # in place, and the same model returned, as the underscore says
     assert qat.qat == {"weight_bits": bits, "group_size": group_size, "activations": activations}
     linears = {n: m for n, m in qat.named_modules() if isinstance(m, torch.nn.Linear)}
     assert linears and all(hasattr(m, "weight_fake_quantizer") for m in linears.values())
@@ -503,7 +515,9 @@ def test_prepare_qat_puts_fake_quantizers_on_every_linear_layer(bits, group_size
 
 def test_convert_qat_leaves_a_plain_float_model():
     model = tiny_vit()
-    qat = Q.convert_qat(Q.prepare_qat(copy.deepcopy(model), 3, None))
+    prepared = Q.prepare_qat_(copy.deepcopy(model), 3, None)
+    qat = Q.convert_qat_(prepared)
+    assert qat is prepared
     assert {type(m) for m in qat.modules()} == {type(m) for m in model.modules()}
     assert not any("fake_quantizer" in name for name, _ in qat.named_modules())
     state = qat.state_dict()

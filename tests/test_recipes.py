@@ -63,3 +63,11 @@ def test_the_teacher_recipe_is_airbench94_restated():
     assert r.label_smoothing == 0.2 and r.crop_padding == 2 and r.flip and r.batchnorm_lr_scale == 64
     quick = get_recipe("teacher-cnn-quick")
     assert quick.arch == "convnet" and quick.epochs <= 2 and max(quick.model["widths"]) <= 32
+
+
+def test_a_recipes_precision_is_checked_when_it_is_made():
+    assert get_recipe("quick", precision="fp16").precision == "fp16"
+    for bad in ("bfloat16", "int8"):
+        says = f"precision must be one of auto, fp32, bf16, fp16, got '{bad}'"
+        with pytest.raises(RecipeError, match=says):
+            get_recipe("quick", precision=bad)

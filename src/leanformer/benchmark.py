@@ -1,11 +1,15 @@
 """Training throughput of the reference model against a naive model of the same shape.
 
-    python -m leanformer.benchmark [--steps 20] [--batch-size 128] [--json PATH]
+    python -m leanformer.benchmark [--rounds 5] [--steps 4] [--batch-size 128]
+                                   [--out PATH]
 
 The naive model has the same tokenizer, width, depth, heads, MLP width and pooling, so both do
 the same arithmetic per image; it is assembled the obvious way, from ``nn.TransformerEncoder``
 with default memory layout. The difference in images per second is therefore the price of
 implementation choices alone: the course's attention kernel and channels-last convolutions.
+The two train side by side, their steps interleaved
+(``leanformer.measure.time_training``), and the speed-up is the median of the paired
+rounds with its interval (``ratio_interval``).
 This is a benchmark that prints figures, not a test; run it on an otherwise idle machine.
 """
 from __future__ import annotations
@@ -14,17 +18,17 @@ import argparse
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .files import atomic_write
 from .machine import machine_info
-from .measure import count_flops
+from .measure import count_flops, ratio_interval, time_training
 from .model import ViTConfig, VisionTransformer
-from .precision import autocast
+from .precision import NAMES, Precision
 from .recipes import get_recipe
 from .train import build_model
 
@@ -58,23 +62,6 @@ class NaiveTransformer(nn.Module):
         return self.head((w * x).sum(1))
 
 
-def train_throughput(model: nn.Module, dtype: torch.dtype | None, batch_size: int, steps: int,
-                     warmup: int = 3) -> float:
-    """Images per second of full training steps (forward, backward, AdamW) on random data."""
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.rand(batch_size, 3, 32, 32), torch.randint(0, 10, (batch_size,))
-    for i in range(warmup + steps):
-        if i == warmup:
-            t0 = time.perf_counter()
-        with autocast(dtype, "cpu"):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return batch_size * steps / (time.perf_counter() - t0)
-
-
 def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     """What this machine reaches on one large matrix multiply: a practical ceiling."""
     a, b = torch.rand(n, n, dtype=dtype), torch.rand(n, n, dtype=dtype)
@@ -88,9 +75,12 @@ def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m leanformer.benchmark", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="interleaved rounds (default 5)")
+    parser.add_argument("--steps", type=int, default=4,
+                        help="timed steps per model and round (default 4)")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--json", help="also write the figures to this JSON file")
+    parser.add_argument("--out", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
     recipe = get_recipe("reference")
@@ -105,26 +95,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"machine: {machine_info()}")
     print(f"reference model: {n_ours:,} parameters; naive model: {n_naive:,} parameters")
     print(f"training FLOPs per image (forward + backward): {flops_per_image / 1e6:.1f} MFLOP")
-    print(f"batch {args.batch_size}, {args.steps} timed steps after 3 warm-up steps\n")
+    print(f"batch {args.batch_size}, {args.rounds} interleaved rounds of {args.steps} "
+          "timed steps each, after one warm-up step\n")
     rows: list[dict[str, Any]] = []
-    ceilings = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
+    precisions: tuple[Precision, ...] = ("fp32", "bf16")
+    ceilings = {p: matmul_gflops(NAMES[p]) for p in precisions}
     print("ceiling (2048x2048 matmul): " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in ceilings.items()))
-    print(f"{'model':<12}{'precision':<11}{'images/s':>10}{'GFLOP/s':>10}{'of ceiling':>12}{'vs naive':>10}")
-    for precision, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
-        naive_ips = train_throughput(naive, dtype, args.batch_size, args.steps)
-        ours_ips = train_throughput(ours, dtype, args.batch_size, args.steps)
-        for name, ips in (("naive", naive_ips), ("reference", ours_ips)):
-            gflops = ips * flops_per_image / 1e9
-            row = dict(model=name, precision=precision, images_per_s=ips, gflops_per_s=gflops,
+    print(f"{'model':<12}{'precision':<11}{'images/s':>10}{'GFLOP/s':>10}"
+          f"{'of ceiling':>12}{'vs naive (95% interval)':>26}")
+    for precision in precisions:
+        speed = time_training({"naive": naive, "reference": ours}, precision,
+                              batch_size=args.batch_size, rounds=args.rounds,
+                              steps=args.steps)
+        for name, spread in speed.items():
+            gflops = spread.median * flops_per_image / 1e9
+            vs_naive = ratio_interval(spread, speed["naive"])
+            row = dict(model=name, precision=precision, images_per_s=spread.median,
+                       images_per_s_spread=asdict(spread), gflops_per_s=gflops,
                        fraction_of_ceiling=gflops / ceilings[precision],
-                       speedup_vs_naive=ips / naive_ips)
+                       speedup_vs_naive=list(vs_naive))
             rows.append(row)
-            print(f"{name:<12}{precision:<11}{ips:>10.0f}{gflops:>10.1f}"
-                  f"{row['fraction_of_ceiling']:>11.0%} {row['speedup_vs_naive']:>9.2f}x")
-    if args.json:
-        result = dict(machine=machine_info(), flops_per_image=flops_per_image, ceilings=ceilings,
-                      batch_size=args.batch_size, rows=rows)
-        atomic_write(args.json, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
+            print(f"{name:<12}{precision:<11}{spread.median:>10.0f}{gflops:>10.1f}"
+                  f"{row['fraction_of_ceiling']:>11.0%} "
+                  f"{vs_naive[0]:>10.2f}x ({vs_naive[1]:.2f}-{vs_naive[2]:.2f})")
+    if args.out:
+        result = dict(machine=machine_info(), flops_per_image=flops_per_image,
+                      ceilings=ceilings, batch_size=args.batch_size, rounds=args.rounds,
+                      steps=args.steps, rows=rows)
+        atomic_write(args.out, lambda tmp: tmp.write_text(json.dumps(result, indent=1)))
 
 
 if __name__ == "__main__":

@@ -12,9 +12,10 @@ with mean mu and covariance
 The d filters W = diag(1 / sqrt(lambda + eps)) V^T make y = W (p - mu) uncorrelated with unit
 variance: Cov(y) = diag(lambda / (lambda + eps)), the identity wherever lambda >> eps. The stem
 holds W and -W (2d channels), so that the GELU after it keeps both signs of every component, and
-its bias -W mu (and +W mu) centres them. ``whiten_init`` computes all this from training images;
-the stem's weights then stay fixed and only its bias learns. The convolutions after it thus start
-from decorrelated inputs instead of having to learn to decorrelate them.
+its bias -W mu (and +W mu) centres them. ``whiten_init_`` computes all this from
+training images; the stem's weights then stay fixed and only its bias learns. The
+convolutions after it thus start from decorrelated inputs instead of having to learn to
+decorrelate them.
 
 The rest follows airbench94 too: each 3x3 convolution starts as the identity on its first c_in
 output channels (``nn.init.dirac_``, an implicit residual connection), BatchNorm keeps its gain
@@ -55,7 +56,8 @@ class ConvNetConfig:
     widths: tuple[int, ...] = (64, 256, 256)  # output channels of the three ConvGroups
     bn_momentum: float = 0.4  # PyTorch's convention: the weight of the newest batch statistics
     logit_scale: float = 1 / 9  # the logits are the head's output times this
-    whiten: bool = True  # the stem holds fixed whitening filters (``whiten_init``), not learned ones
+    # The stem holds fixed whitening filters (``whiten_init_``), not learned ones.
+    whiten: bool = True
     mean: tuple[float, ...] = CIFAR10_MEAN
     std: tuple[float, ...] = CIFAR10_STD
 
@@ -108,7 +110,8 @@ class ConvGroup(nn.Module):
 
 class ConvNet(WeightsDigest, nn.Module):
     """The airbench-style network. Input: float images in [0, 1], (B, 3, H, W). Output: logits
-    (B, num_classes). Call ``whiten_init`` before training when ``cfg.whiten`` is set."""
+    (B, num_classes). Call ``whiten_init_`` before training when ``cfg.whiten`` is
+    set."""
 
     mean: torch.Tensor  # buffers (registered in __init__)
     std: torch.Tensor
@@ -159,10 +162,10 @@ def patches(images: torch.Tensor, kernel_size: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def whiten_init(model: ConvNet, train_images: torch.Tensor, eps: float = 5e-4,
+def whiten_init_(model: ConvNet, train_images: torch.Tensor, eps: float = 5e-4,
                 n_images: int = 5000, chunk: int = 500) -> ConvNet:
     """Set ``model.stem`` to whitening filters of the patches of ``train_images`` (see the
-    module's docstring) and return the model.
+    module's docstring), in place, and return the model itself.
 
     train_images: uint8 images (N, 3, 32, 32), such as ``CIFAR10.train_images``. The first
                   ``n_images`` of them are used, as airbench uses 5,000: they hold 4.8 million
@@ -172,13 +175,15 @@ def whiten_init(model: ConvNet, train_images: torch.Tensor, eps: float = 5e-4,
                   not blown up to unit variance.
     """
     if not isinstance(model, ConvNet):
-        raise TypeError(f"whiten_init sets the stem of a ConvNet, got a {type(model).__name__}")
+        raise TypeError("whiten_init_ sets the stem of a ConvNet, "
+                        f"got a {type(model).__name__}")
     c, k = model.cfg.in_chans, model.cfg.stem_kernel
     if (not isinstance(train_images, torch.Tensor) or train_images.dtype != torch.uint8
             or train_images.ndim != 4 or train_images.shape[1:] != (c, 32, 32) or len(train_images) == 0):
         what = (f"{train_images.dtype} tensor of shape {tuple(train_images.shape)}"
                 if isinstance(train_images, torch.Tensor) else type(train_images).__name__)
-        raise ValueError(f"whiten_init takes uint8 training images of shape (N, {c}, 32, 32), such as "
+        raise ValueError("whiten_init_ takes uint8 training images of shape "
+                         f"(N, {c}, 32, 32), such as "
                          f"CIFAR10.train_images; got a {what}")
     if eps < 0:
         raise ValueError(f"eps must be >= 0, got {eps}")

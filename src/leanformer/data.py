@@ -75,6 +75,18 @@ class CIFAR10:
                 "files": f"image files from {self.source}"}.get(self.pixels, "CIFAR-10 test images")
         return f"{len(self.test_labels):,} test images: {what}"
 
+    def train_sample(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, labels) of ``n`` training images drawn at random with ``seed``,
+        never test images: the batch that a function which reads images and labels is
+        given to rank or calibrate on (``prune.prune_by_score``,
+        ``quantize.pt2e_quantize``)."""
+        total = len(self.train_labels)
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= total:
+            raise ValueError("n must be a number of training images from 1 to "
+                             f"{total:,}, got {n!r}")
+        pick = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
+        return self.train_images[pick[:n]], self.train_labels[pick[:n]]
+
     def __repr__(self) -> str:
         val = "" if self.val_labels is None else f", val={len(self.val_labels):,}"
         return (f"CIFAR10(train={len(self.train_labels):,}{val}, "

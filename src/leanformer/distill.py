@@ -15,9 +15,14 @@ Touvron et al. (2021, DeiT), hard targets: the teacher's top class is a label,
 
 The teacher sees the very images the student sees, augmentation and mixing included, so on a
 mixed image it gives its own answer for that mixture rather than a made-up label share.
+
+As everywhere in the package's techniques, data for a whole run is a ``CIFAR10``
+(``sweep``), and nothing here changes the models it is given: ``DistillationLoss`` asks
+a frozen copy of its teacher, and ``sweep`` trains a fresh student per setting.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -67,7 +72,9 @@ class DistillationLoss:
 
     The teacher runs in eval mode (BatchNorm uses its running statistics, dropout is off) without
     gradients, inside the student's autocast: under bf16 it answers in bf16, which on a CPU with
-    bf16 instructions halves its share of a training step.
+    bf16 instructions halves its share of a training step. The loss keeps its own frozen
+    copy of ``teacher`` (``self.teacher``), so the model passed in is left as it was,
+    free to be trained itself (a student that starts from its teacher's weights, say).
     """
 
     def __init__(self, teacher: nn.Module, alpha: float = 1.0, temperature: float = 1.0,
@@ -83,7 +90,7 @@ class DistillationLoss:
         if kind == "hard" and temperature != 1.0:
             raise ValueError("hard distillation uses the teacher's top class; the temperature "
                              f"does not apply (got {temperature}): leave it at 1")
-        self.teacher = teacher.eval().requires_grad_(False)
+        self.teacher = copy.deepcopy(teacher).eval().requires_grad_(False)
         self.alpha, self.temperature, self.hard_loss = float(alpha), float(temperature), hard_loss
         self.kind = kind
 

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .precision import autocast, autocast_dtype
+from .precision import Precision, autocast
 
 TTA_MODES = ("", "flip", "flip-shift")
 
@@ -54,7 +54,8 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "flip") -> torch.T
 
 
 @torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, precision: str = "fp32",
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
+            precision: Precision = "fp32",
             device: str | torch.device | None = None, flip_tta: bool = False,
             tta: str = "") -> torch.Tensor:
     """Logits (fp32, on the CPU) for uint8 or float images (N, 3, 32, 32).
@@ -67,19 +68,19 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, preci
     device = device or next(model.parameters()).device
     was_training = model.training
     model.eval()
-    dtype = autocast_dtype(precision, device)
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size]
         x = x.float().div(255) if x.dtype == torch.uint8 else x.float()
         x = x.to(device)
-        with autocast(dtype, device):
+        with autocast(precision, device):
             out.append(tta_logits(model, x, tta).cpu())
     model.train(was_training)
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, precision: str = "fp32",
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+             precision: Precision = "fp32",
              device: str | torch.device | None = None, flip_tta: bool = False,
              tta: str = "") -> tuple[float, float]:
     """Return (accuracy, mean cross-entropy) on a labelled set."""

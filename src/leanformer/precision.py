@@ -2,6 +2,17 @@
 instructions make bf16 fast, the autocast context, and loss scaling. ``fit``, ``measure_costs``,
 the benchmark and lesson 07 all use these.
 
+Two kinds of argument, one type each:
+
+* a **precision**, how a model runs, is a ``Precision`` string: "auto" (bf16 where the
+  hardware computes in it, else float32), "fp32" (plain float32), or "bf16" or "fp16"
+  (autocast to that format). Every function of the package that runs a model takes one
+  (``autocast``, ``grad_scaler``, ``evaluate``, ``measure_costs``, ``time_training``,
+  ``Recipe.precision``), and ``autocast_dtype`` alone turns it into the ``torch.dtype``
+  that ``torch.autocast`` wants;
+* a **number format**, what a tensor is stored in, is a ``torch.dtype``
+  (``format_facts``, ``flush_share``, ``overflow_share``).
+
 Autocast runs the matrix products (``nn.Linear``, convolutions, attention) in a low-precision
 format while the weights, the optimizer and the residual additions stay in float32 ("mixed"
 precision). float16 gradients underflow, so float16 training scales the loss first
@@ -13,7 +24,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
@@ -22,6 +33,10 @@ from .machine import cpu_flags
 # (sign, exponent, mantissa) bits of each format.
 LAYOUT = {torch.float32: (1, 8, 23), torch.float16: (1, 5, 10), torch.bfloat16: (1, 8, 7)}
 NAMES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+# How a model runs: see the module's docstring.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
 
 
 def format_facts(dtype: torch.dtype) -> dict[str, float]:
@@ -59,33 +74,44 @@ def cpu_supports_bf16() -> bool:
     return bf16_support("cpu")[0]
 
 
-def autocast_dtype(precision: str, device: str | torch.device) -> torch.dtype | None:
-    """The dtype that ``torch.autocast`` should use for ``precision`` ("auto", "fp32", "bf16" or
-    "fp16"), or None for plain float32. "auto" takes bf16 where the hardware computes in it."""
-    device = torch.device(device)
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_supports_bf16() else None
-    if precision == "fp32":
-        return None
-    if precision in ("bf16", "fp16"):
-        return NAMES[precision]
-    raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {precision!r}")
+def resolve_precision(precision: Precision, device: str | torch.device) -> Precision:
+    """``precision`` with "auto" replaced by what it means on ``device``: "bf16" where
+    the hardware computes in bf16 (a CUDA GPU without bf16 gets "fp16"), else "fp32".
+    Any other value comes back as it is; one that is not a ``Precision`` raises
+    ``ValueError``."""
+    if precision not in PRECISIONS:
+        choices = f"{', '.join(PRECISIONS[:-1])} or {PRECISIONS[-1]}"
+        raise ValueError(f"precision must be {choices}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if torch.device(device).type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_supports_bf16() else "fp32"
 
 
-def autocast(dtype: torch.dtype | None,
+def autocast_dtype(precision: Precision,
+                   device: str | torch.device) -> torch.dtype | None:
+    """The dtype that ``torch.autocast`` should use for ``precision`` on ``device``, or
+    None for plain float32: the one place where a ``Precision`` becomes a dtype."""
+    resolved = resolve_precision(precision, device)
+    return None if resolved == "fp32" else NAMES[resolved]
+
+
+def autocast(precision: Precision,
              device: str | torch.device) -> contextlib.AbstractContextManager[None]:
-    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a context that does nothing."""
+    """``torch.autocast`` to ``precision``'s format on ``device``'s type, or a context
+    that does nothing for "fp32"."""
+    dtype = autocast_dtype(precision, device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
 
 
-def grad_scaler(dtype: torch.dtype | None, device: str | torch.device) -> torch.amp.GradScaler | None:
+def grad_scaler(precision: Precision,
+                device: str | torch.device) -> torch.amp.GradScaler | None:
     """A loss scaler where the gradients are float16 (whose range is too narrow for small
     gradients), else None: bf16 and float32 have float32's range."""
-    if dtype != torch.float16:
+    if autocast_dtype(precision, device) != torch.float16:
         return None
     return torch.amp.GradScaler(torch.device(device).type)
 
@@ -109,11 +135,11 @@ def _nonzero(values: torch.Tensor) -> torch.Tensor:
     return values[values != 0]
 
 
-def output_dtypes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
+def output_dtypes(model: torch.nn.Module, images: torch.Tensor, precision: Precision,
                   device: str | torch.device = "cpu") -> list[dict[str, str]]:
-    """Run ``model`` on ``x`` under autocast to ``dtype`` and return, for every module in call
-    order, its name, class and the dtype of its input and output: which layers run in low
-    precision and which stay in float32."""
+    """Run ``model`` on ``images`` under autocast to ``precision`` and return, for every
+    module in call order, its name, class and the dtype of its input and output: which
+    layers run in low precision and which stay in float32."""
     rows: list[dict[str, str]] = []
     handles = []
 
@@ -135,20 +161,22 @@ def output_dtypes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | 
     for name, module in model.named_modules():
         handles.append(module.register_forward_hook(hook(name)))
     try:
-        with torch.no_grad(), autocast(dtype, device):
-            model(x)
+        with torch.no_grad(), autocast(precision, device):
+            model(images)
     finally:
         for h in handles:
             h.remove()
     return rows
 
 
-def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, dtype: torch.dtype | None,
+def saved_activation_bytes(model: torch.nn.Module, images: torch.Tensor,
+                           precision: Precision,
                            device: str | torch.device = "cpu") -> int:
-    """Bytes of the tensors that one forward pass under autocast to ``dtype`` keeps for the
-    backward pass: the activation memory of a training step, which grows with the batch (the
-    weights, gradients and optimizer state stay float32 under autocast). The model is left in
-    its mode, without gradients."""
+    """Bytes of the tensors that one forward pass on ``images`` under autocast to
+    ``precision`` keeps for the backward pass: the activation memory of a training step,
+    which grows with the batch (the weights, gradients and optimizer state stay float32
+    under autocast). The model is left as it was: in its mode, its gradients untouched
+    (no backward pass runs)."""
     total = 0
     seen: set[tuple[int, torch.dtype, tuple[int, ...]]] = set()
 
@@ -162,10 +190,12 @@ def saved_activation_bytes(model: torch.nn.Module, x: torch.Tensor, dtype: torch
 
     was_training = model.training
     model.train()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast(dtype, device):
-        model(x).float().sum().backward()
-    model.zero_grad(set_to_none=True)
-    model.train(was_training)
+    try:
+        with (torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+              autocast(precision, device)):
+            model(images)  # the graph, and what it saved, goes when the output does
+    finally:
+        model.train(was_training)
     return total
 
 

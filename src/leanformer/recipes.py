@@ -7,6 +7,8 @@ A recipe is data. A variant names the recipe it starts from and only what it cha
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
+from .precision import PRECISIONS, Precision
+
 
 @dataclass
 class Recipe:
@@ -33,8 +35,14 @@ class Recipe:
     mix_prob: float = 0.0  # share of batches mixed by mixup or CutMix (0: off)
     mixup_alpha: float = 0.8
     cutmix_alpha: float = 1.0
-    precision: str = "auto"  # "auto", "fp32", "bf16" or "fp16" (leanformer.precision)
+    precision: Precision = "auto"  # "auto", "fp32", "bf16" or "fp16" (see .precision)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        # A string in a recipe's JSON: checked here, made a dtype by autocast_dtype.
+        if self.precision not in PRECISIONS:
+            raise RecipeError(f"recipe {self.name!r}: precision must be one of "
+                              f"{', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

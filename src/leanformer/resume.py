@@ -30,8 +30,9 @@ def run_identity(data: CIFAR10, model: nn.Module | None = None,
 
     data:    the data set's digest (``data_sha256``) and, to name it in a message, its source;
     init:    None when the recipe builds the model afresh, else the starting weights' sha256 and
-             the QAT scheme the model carries (``quantize.prepare_qat`` leaves the weights, and
-             so their digest, as they were: the bits tell two schemes apart);
+             the QAT scheme the model carries (``quantize.prepare_qat_`` leaves the
+             weights, and so their digest, as they were: the bits tell two schemes
+             apart);
     teacher: None without one, else the teacher's weights' sha256 and the loss's settings
              (``DistillationLoss.describe``: kind, alpha, temperature).
     """

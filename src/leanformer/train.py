@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,14 +29,15 @@ from torch import nn
 
 from . import checkpoint
 from .augment import augment, auto_augment, check_auto_augment_policy, mix
-from .convnet import ConvNet, ConvNetConfig, whiten_init
+from .convnet import ConvNet, ConvNetConfig, whiten_init_
 from .data import CIFAR10, batches
 from .evaluate import default_device, evaluate
 from .families import ARCHS, arch_of, create_model
 from .machine import machine_info
 from .measure import Spread, count_parameters
+from .measure.timing import brief_timing, rate_side_by_side
 from .model import ViTConfig
-from .precision import autocast, autocast_dtype, grad_scaler  # noqa: F401 (re-exported)
+from .precision import Precision, autocast, grad_scaler, resolve_precision
 from .recipes import Recipe, RecipeError
 from .record import test_set_sha256
 from .resume import check_same_run, run_identity
@@ -46,8 +46,9 @@ from .resume import check_same_run, run_identity
 def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
     """The recipe's model, freshly initialised from its seed: ``recipe.model`` overrides the
     config of ``recipe.arch``. A ConvNet with a whitening stem takes its filters from
-    ``data.train_images`` (``whiten_init``); without ``data`` its stem keeps random weights,
-    which is fine for a model whose weights are loaded next, not for training."""
+    ``data.train_images`` (``whiten_init_``); without ``data`` its stem keeps random
+    weights, which is fine for a model whose weights are loaded next, not for
+    training."""
     if recipe.arch not in ARCHS:
         raise RecipeError(f"arch must be one of {', '.join(ARCHS)}, got {recipe.arch!r}")
     config_cls: type[ViTConfig] | type[ConvNetConfig] = ARCHS[recipe.arch][0]
@@ -59,7 +60,7 @@ def build_model(recipe: Recipe, data: CIFAR10 | None = None) -> nn.Module:
     torch.manual_seed(recipe.seed)
     model = create_model(recipe.arch, cfg)
     if isinstance(model, ConvNet) and model.cfg.whiten and data is not None:
-        whiten_init(model, data.train_images)
+        whiten_init_(model, data.train_images)
     return model
 
 
@@ -188,7 +189,8 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
 
     model:    start from this model and its weights (a fine-tune) instead of building
               ``recipe.model`` from scratch (``build_model(recipe, data)``). It is trained in
-              place.
+              place, as an optimizer steps its parameters, and returned: pass a copy
+              (``copy.deepcopy``) to keep the original.
     loss_fn:  ``loss_fn(logits, batch) -> loss`` with ``batch`` a ``Batch``; default
               ``recipe_loss(recipe)``. A distillation loss reads ``batch.images`` to ask its
               teacher.
@@ -215,8 +217,8 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = int(recipe.warmup_epochs * steps_per_epoch)
     lookahead = Lookahead(model, recipe.lookahead, total_steps) if recipe.lookahead else None
-    dtype = autocast_dtype(recipe.precision, device)
-    scaler = grad_scaler(dtype, device)
+    precision = resolve_precision(recipe.precision, device)  # "auto" decided once
+    scaler = grad_scaler(precision, device)
 
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -262,7 +264,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
             loss, logits, batch = _train_step(recipe, model, optimizer, scaler, loss_fn,
-                                              x, y, gen, dtype, device)
+                                              x, y, gen, precision, device)
             y, y_other, lam = batch.labels, batch.other_labels, batch.lam
             if lookahead:
                 lookahead.step(model, step)
@@ -275,7 +277,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             lookahead.finish(model)  # the model becomes the average
         train_time = time.perf_counter() - t0
         test_acc, test_loss = evaluate(model, data.test_images, data.test_labels,
-                                       precision=recipe.precision, device=device)
+                                       precision=precision, device=device)
         history.append(dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen,
                             test_loss=test_loss, test_acc=test_acc, lr=lr,
                             images_per_s=seen / train_time, epoch_time_s=time.perf_counter() - t0))
@@ -297,7 +299,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
 
 def _train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: Any, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
-                gen: torch.Generator, dtype: torch.dtype | None,
+                gen: torch.Generator, precision: Precision,
                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Batch]:
     """One step of ``fit``: augment and mix the batch, run the model and the loss, step
     the optimizer. Returns (loss, logits, the batch as the loss saw it)."""
@@ -309,7 +311,7 @@ def _train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimiz
         x, y, y_other, lam = mix(x, y, gen, recipe.mix_prob, recipe.mixup_alpha,
                                  recipe.cutmix_alpha)
     batch = Batch(x.to(device), y.to(device), y_other.to(device), lam)
-    with autocast(dtype, device):
+    with autocast(precision, device):
         logits = model(batch.images)
         loss = loss_fn(logits, batch)
     optimizer.zero_grad(set_to_none=True)
@@ -336,24 +338,23 @@ def training_throughput(recipe: Recipe, data: CIFAR10, model: nn.Module | None =
     if steps < 1 or warmup < 0:
         raise ValueError(f"steps must be at least 1 and warmup at least 0, got {steps} "
                          f"and {warmup}")
-    if os.environ.get("LEANFORMER_TIMING", "") == "brief":
+    if brief_timing():
         steps, warmup = 1, min(warmup, 1)
     device = torch.device(device or default_device())
     model = copy.deepcopy(model) if model is not None else build_model(recipe, data)
     model = model.to(device)
     model.train().requires_grad_(True)  # a copy of a frozen teacher would not learn
     optimizer, loss_fn = build_optimizer(recipe, model), loss_fn or recipe_loss(recipe)
-    dtype = autocast_dtype(recipe.precision, device)
-    scaler, gen = grad_scaler(dtype, device), torch.Generator().manual_seed(recipe.seed)
-    rates = []
-    for i in range(warmup + steps):
-        t0 = time.perf_counter()
+    precision = resolve_precision(recipe.precision, device)
+    scaler, gen = grad_scaler(precision, device), torch.Generator().manual_seed(recipe.seed)
+
+    def step() -> None:
         x, y = next(batches(data.train_images, data.train_labels, recipe.batch_size,
                             True, gen))
-        _train_step(recipe, model, optimizer, scaler, loss_fn, x, y, gen, dtype, device)
-        if i >= warmup:
-            rates.append(len(y) / (time.perf_counter() - t0))
-    return Spread.of(rates)
+        _train_step(recipe, model, optimizer, scaler, loss_fn, x, y, gen, precision, device)
+
+    # measure's timing path, as every other speed of the course is timed
+    return rate_side_by_side({"train": step}, recipe.batch_size, 1, steps, warmup)["train"]
 
 
 def training_record(recipe: Recipe, data: CIFAR10, history: list[dict[str, float]],

@@ -27,7 +27,9 @@ from .training import _qat_group_default, cmd_distill_sweep, cmd_train
 
 __all__ = ["build_parser", "main", "UsageError"]
 
-DESCRIPTION = "Command line: ``python -m leanformer train|evaluate|make-subset|...``. Run with -h for help."
+DESCRIPTION = ("Command line: ``python -m leanformer train|evaluate|make-subset|...``. "
+               "Run with -h for help. In every command, --out names the file it "
+               "writes.")
 
 # torchao's intx quantizers take int1 to int8; a symmetric 1-bit integer holds only -1 and 0 and
 # so no positive weight, which makes 2 bits the fewest that mean anything.
@@ -68,18 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m leanformer", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a recipe; writes OUT/NAME.safetensors and NAME.json")
+    p = sub.add_parser("train", help="train a recipe; writes the model --out "
+                       "(DIR/NAME.safetensors) and DIR/NAME.json beside it")
     p.add_argument("--recipe", required=True)
     p.add_argument("--data", help="CIFAR-10 path (class folders, .tar.gz or cifar-10-batches-py)")
-    p.add_argument("--out", default="runs", help="output directory (default: runs)")
+    p.add_argument("--out", help="the model file to write, DIR/NAME.safetensors; its "
+                   ".json and the training state DIR/NAME.last.pt go beside it "
+                   "(default: runs/RECIPE.safetensors)")
     p.add_argument("--resume", action="store_true", help="continue the run whose state is "
-                   "OUT/NAME.last.pt (the same recipe, data, --init and --teacher)")
-    p.add_argument("--force", action="store_true", help="replace OUT/NAME.safetensors, its .json "
-                   "and OUT/NAME.last.pt if they exist; without it, train refuses to")
+                   "DIR/NAME.last.pt (the same recipe, data, --init and --teacher)")
+    p.add_argument("--force", action="store_true", help="replace --out, its .json and "
+                   "DIR/NAME.last.pt if they exist; without it, train refuses to")
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's number of epochs")
     p.add_argument("--seed", type=int, help="override the recipe's seed (a second training run)")
     p.add_argument("--init", help="start from this .safetensors model (a fine-tune) instead of scratch")
-    p.add_argument("--name", help="file name for OUT/NAME.safetensors and .json (default: the recipe's)")
     p.add_argument("--teacher", help="distil from this .safetensors model (leanformer.distill)")
     p.add_argument("--kind", choices=("soft", "hard"), help="with --teacher: soft targets (Hinton, "
                    "the default) or the teacher's top class as a label (DeiT's hard distillation)")
@@ -91,8 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                    f"the Linear weights to this many bits, {QAT_BITS.start} to {QAT_BITS.stop - 1} "
                    "(and their inputs to int8) while fine-tuning --init (leanformer.quantize)")
     p.add_argument("--qat-group", type=int, help="with --qat-bits: weights in groups of this many "
-                   f"along each row, 0 for one scale per row (default: prepare_qat's, "
-                   f"{_qat_group_default()})")
+                   "along each row, 0 for one scale per row "
+                   f"(default: prepare_qat_'s, {_qat_group_default()})")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("distill-sweep", help="train a student once per distillation setting, write a JSON table")
@@ -165,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL")
     p.add_argument("--data", help="CIFAR-10 path; its test images give each model's accuracy")
     p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved timing rounds")
-    p.add_argument("--json", help="also write the costs to this JSON file")
+    p.add_argument("--out", help="also write the costs to this JSON file")
     p.set_defaults(func=cmd_costs)
 
     p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")

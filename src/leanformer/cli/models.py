@@ -7,8 +7,6 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from ..checkpoint import CheckpointError, load_model
 from ..evaluate import accuracies_with_tta, evaluate
 from ..files import atomic_write, sha256_file
@@ -27,10 +25,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
     if not isinstance(model, VisionTransformer):
         raise UsageError(f"{args.model} holds a {type(model).__name__}; prune removes the heads and "
                          "MLP units of a VisionTransformer")
-    data = _data(args.data) if args.score in GRADIENT_SCORES else None
+    images = labels = None
+    if args.score in GRADIENT_SCORES:  # a sample of training images ranks heads and units
+        data = _data(args.data)
+        n = min(args.images, len(data.train_labels))
+        images, labels = data.train_sample(n, args.seed)
     try:
-        pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score, data,
-                                        n_images=args.images, seed=args.seed)
+        pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score,
+                                        images, labels, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"error: --{str(e).replace('units:', 'mlp-units:')}") from None
     provenance = {
@@ -146,8 +148,8 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     calibration = None
     if path.startswith("PT2E"):  # static int8 reads the ranges of its inputs off training images
         data = _data(args.data)
-        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(args.seed))
-        calibration = data.train_images[pick[:args.calibration_images]]
+        n = min(args.calibration_images, len(data.train_labels))
+        calibration = data.train_sample(n, args.seed)[0]
     quantized, _ = quantize_model(model, path, calibration)
     save_quantized(quantized, out, source=model)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB): {path} of {args.model}"
@@ -162,7 +164,7 @@ def cmd_costs(args: argparse.Namespace) -> None:
     data = _data(args.data)
     costs = measure_costs(models, data, files=dict(zip(names, args.models)), rounds=args.rounds)
     show_costs(costs)
-    if args.json:
+    if args.out:
         text = json.dumps({"command": _command(args), "costs": [c.to_dict() for c in costs]}, indent=1)
-        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
-        print(f"wrote {args.json}")
+        atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
+        print(f"wrote {args.out}")

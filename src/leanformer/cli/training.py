@@ -13,7 +13,7 @@ from .. import checkpoint
 from ..distill import DistillationLoss, sweep, sweep_settings
 from ..evaluate import accuracies_with_tta, evaluate
 from ..families import arch_of
-from ..quantize import convert_qat, intx_quantize, prepare_qat
+from ..quantize import convert_qat_, intx_quantize, prepare_qat_
 from ..recipes import get_recipe
 from ..splits import holdout
 from ..train import fit, recipe_loss
@@ -59,8 +59,9 @@ def _refuse_to_overwrite(model_path, state_path, resume, force):
     """Stop before any work if this run would overwrite a finished model (its .safetensors or
     its .json) or another run's training state, unless the flags say to.
 
-    --resume continues the run whose state is ``state_path``; it never replaces a finished model
-    on its own, so that ``--out checkpoints`` cannot silently replace a shipped one. --force
+    --resume continues the run whose state is ``state_path``; it never replaces a
+    finished model on its own, so that ``--out checkpoints/reference.safetensors``
+    cannot silently replace a shipped one. --force
     replaces (with --resume too: continue that run, then replace the model it finishes)."""
     if force:
         return
@@ -70,17 +71,32 @@ def _refuse_to_overwrite(model_path, state_path, resume, force):
                    "and replaces it at the end" if state_path.exists() else
                    "--force trains afresh and replaces it")
             sys.exit(f"error: {path} exists: a finished model, which this run would replace; "
-                     f"{how}; or choose another --out or --name")
+                     f"{how}; or choose another --out")
     if state_path.exists() and not resume:
-        sys.exit(f"error: {state_path} exists: the state of another run in this folder; --resume "
-                 "continues that run, --force starts afresh and replaces it; or choose another "
-                 "--out or --name")
+        sys.exit(f"error: {state_path} exists: the state of another run writing "
+                 f"{model_path}; --resume continues that run, --force starts afresh "
+                 "and replaces it; or choose another --out")
+
+
+def _out_paths(out, recipe_name):
+    """(model file, training state) for ``--out``: the model file it names (default
+    runs/RECIPE.safetensors) and NAME.last.pt beside it. Raises UsageError for a folder
+    or a name that is not a .safetensors file."""
+    model_path = Path(out) if out else Path("runs") / f"{recipe_name}.safetensors"
+    if model_path.is_dir():
+        raise UsageError(f"--out {model_path} is a folder; --out names the model file "
+                         f"to write, e.g. {model_path / recipe_name}.safetensors")
+    if model_path.suffix != ".safetensors":
+        raise UsageError("--out names the model file to write, NAME.safetensors; "
+                         f"got {model_path}")
+    return model_path, model_path.with_suffix(".last.pt")
 
 
 def _qat_group_default():
-    """The group size ``quantize.prepare_qat`` uses when given none, as --qat-group counts it
-    (0: one scale per row): the command line and the library mean the same by default."""
-    return inspect.signature(prepare_qat).parameters["group_size"].default or 0
+    """The group size ``quantize.prepare_qat_`` uses when given none, as --qat-group
+    counts it (0: one scale per row): the command line and the library mean the same by
+    default."""
+    return inspect.signature(prepare_qat_).parameters["group_size"].default or 0
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -93,13 +109,9 @@ def cmd_train(args: argparse.Namespace) -> None:
     if args.qat_group is not None and args.qat_group < 0:
         raise UsageError(f"--qat-group is a number of weights per group, or 0 for one scale per "
                          f"row (got {args.qat_group})")
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file; give a folder")
     overrides = {"epochs": args.epochs, "seed": args.seed}
     recipe = get_recipe(args.recipe, **{k: v for k, v in overrides.items() if v is not None})
-    name = args.name or recipe.name
-    model_path, state_path = out / f"{name}.safetensors", out / f"{name}.last.pt"
+    model_path, state_path = _out_paths(args.out, recipe.name)
     _refuse_to_overwrite(model_path, state_path, args.resume, args.force)
     if args.resume and not state_path.exists():
         print(f"no training state at {state_path} to resume: starting afresh")
@@ -125,13 +137,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         if uneven:
             raise UsageError(f"--qat-group {group} must divide the inputs of every Linear layer; "
                              f"it does not divide {', '.join(uneven[:3])}")
-        prepare_qat(start, args.qat_bits, group or None)
-        qat = dict(getattr(start, "qat"))  # the scheme prepare_qat put on the model
+        prepare_qat_(start, args.qat_bits, group or None)
+        qat = dict(getattr(start, "qat"))  # the scheme prepare_qat_ put on the model
     data = _data(args.data)
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start,
                          loss_fn=loss_fn)
     if qat:  # save the float weights; the quantized model is rebuilt from them (intx_quantize)
-        convert_qat(model)
+        convert_qat_(model)
         quantized = intx_quantize(model, qat["weight_bits"], qat["group_size"], qat["activations"])
         qat["test_acc_quantized"] = evaluate(quantized, data.test_images, data.test_labels)[0]
         print(f"quantized ({qat['weight_bits']}-bit weights): test accuracy {qat['test_acc_quantized']:.4f}")

@@ -18,9 +18,11 @@ from torch import nn
 
 from ..evaluate import evaluate
 from ..machine import machine_info
+from ..precision import resolve_precision
 from .flops import count_flops
 from .size import count_parameters, safetensors_bytes, size_on_disk
-from .timing import Spread, _random_images, _runner, time_side_by_side
+from .timing import (RunsAs, Spread, _device_of, _random_images, _runner, brief_timing,
+                     time_side_by_side)
 
 
 class LabelledTestSet(Protocol):
@@ -121,7 +123,8 @@ def _uncompiled(model: nn.Module) -> nn.Module:
 
 def measure_costs(models: dict[str, nn.Module], data: LabelledTestSet | None = None, *,
                   files: dict[str, str | os.PathLike] | None = None,
-                  precision: str | dict[str, str] = "fp32", test_acc: dict[str, float] | None = None,
+                  precision: RunsAs | dict[str, RunsAs] = "fp32",
+                  test_acc: dict[str, float] | None = None,
                   batch_size: int = 256, rounds: int = 5, latency_calls: int = 10,
                   throughput_calls: int = 2, warmup: int = 3, image_size: int = 32,
                   inputs: dict[str, Callable[[int], torch.Tensor]] | None = None) -> list[Cost]:
@@ -132,8 +135,10 @@ def measure_costs(models: dict[str, nn.Module], data: LabelledTestSet | None = N
     files:      {name: path} of the file a lesson would ship for that model (a quantized model's
                 own format, say). Otherwise the size of its weights as one .safetensors file,
                 without metadata, so that a trained and an untrained model of one shape match.
-    precision:  "fp32", "bf16" (autocast) or a label for a model that runs as it is ("int8");
-                one value for all models or a dict by name.
+    precision:  a ``leanformer.precision.Precision`` ("fp32"; "bf16" or "fp16"
+                autocast; "auto", recorded as what it means on the model's device), or
+                "int8" for a quantized model that runs as it is; one value for all
+                models or a dict by name.
     test_acc:   {name: accuracy} already measured, to skip evaluating it again.
     inputs:     {name: function(batch_size) -> input batch} for a model that does not take
                 CIFAR-10 images (a text model, say); its FLOPs are then per input of that kind.
@@ -144,12 +149,14 @@ def measure_costs(models: dict[str, nn.Module], data: LabelledTestSet | None = N
     must run there, and nobody reads their timings) cuts that to one round of at most 3 single
     images and one batch; the table's note on the timing gives the counts either way.
     """
-    if os.environ.get("LEANFORMER_TIMING", "") == "brief":
+    if brief_timing():
         rounds, latency_calls, throughput_calls = 1, min(latency_calls, 3), 1
 
     files, test_acc, inputs = files or {}, test_acc or {}, inputs or {}
-    prec = {name: precision.get(name, "fp32") if isinstance(precision, dict) else precision
-            for name in models}
+    prec: dict[str, RunsAs] = {}
+    for name, model in models.items():
+        p = precision.get(name, "fp32") if isinstance(precision, dict) else precision
+        prec[name] = p if p == "int8" else resolve_precision(p, _device_of(model))
     machine = machine_info()
     costs, runs = {}, {}
     for name, model in models.items():
@@ -185,8 +192,9 @@ def measure_costs(models: dict[str, nn.Module], data: LabelledTestSet | None = N
             cost.test_acc = test_acc[name]
             cost.test_images = len(data.test_labels) if data is not None else None
         elif data is not None:
-            p = prec[name] if prec[name] in ("fp32", "bf16", "fp16") else "fp32"
-            cost.test_acc = evaluate(model, data.test_images, data.test_labels, precision=p)[0]
+            p = prec[name]
+            cost.test_acc = evaluate(model, data.test_images, data.test_labels,
+                                     precision="fp32" if p == "int8" else p)[0]
             cost.test_images = len(data.test_labels)
         cost.train_time_s, cost.train_epochs, cost.train_images_seen = training_cost(
             getattr(model, "provenance", None))

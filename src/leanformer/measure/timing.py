@@ -1,18 +1,37 @@
-"""How fast a model serves: several models timed side by side, their repeats interleaved
+"""How fast a model runs: several models timed side by side, their repeats interleaved
 (model A, model B, model A, ...) with the same thread count, so that a slow minute on a shared
 machine slows them all and their ratios hold. A timing is a ``Spread`` over its repeats.
+
+``time_side_by_side`` times serving (latency and throughput), ``rate_side_by_side`` any
+call that handles a known number of inputs (``measure.training_speed`` times training
+steps with it); both time each call the same way (``_time_calls``), and
+``ratio_interval`` turns two timings of one run into a speed-up with its interval.
 """
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
 
-from ..precision import autocast, autocast_dtype
+from ..precision import Precision, autocast
+
+# How a model runs when it is timed: a precision, or "int8" for a quantized model that
+# runs as it is (its own integer kernels, no autocast); the label goes into the cost
+# table.
+RunsAs = Precision | Literal["int8"]
+
+
+def brief_timing() -> bool:
+    """Whether ``LEANFORMER_TIMING=brief`` is set (``make test`` sets it: the lessons
+    must run there, and nobody reads their timings), which cuts every timing to one
+    short round."""
+    return os.environ.get("LEANFORMER_TIMING", "") == "brief"
 
 
 @dataclass
@@ -66,18 +85,31 @@ def _random_images(model: nn.Module, batch_size: int, image_size: int = 32) -> t
         _input_dtype(model))
 
 
-def _runner(model: nn.Module, precision: str,
+def _runner(model: nn.Module, precision: RunsAs,
             make_input: Callable[[], torch.Tensor]) -> Callable[[], None]:
-    """A no-argument function that runs ``model`` on one input batch as it would be served."""
+    """A no-argument function that runs ``model`` on one input batch as it would be
+    served: under autocast to ``precision``, or as it is for "int8"."""
     device = _device_of(model)
     x = make_input()
-    dtype = autocast_dtype(precision, device) if precision in ("fp32", "bf16", "fp16") else None
+    runs_as: Precision = "fp32" if precision == "int8" else precision
 
     def run() -> None:
-        with torch.inference_mode(), autocast(dtype, device):
+        with torch.inference_mode(), autocast(runs_as, device):
             model(x)
 
     return run
+
+
+def _time_calls(run: Callable[[], object], calls: int,
+                value: Callable[[float], float]) -> list[float]:
+    """Call ``run`` ``calls`` times and return ``value(seconds)`` of each call: the one
+    clock that every timing of the package reads."""
+    values = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        run()
+        values.append(value(time.perf_counter() - t0))
+    return values
 
 
 def time_side_by_side(runs: Mapping[str, tuple[Callable[[], object], Callable[[], object]]],
@@ -95,15 +127,31 @@ def time_side_by_side(runs: Mapping[str, tuple[Callable[[], object], Callable[[]
     samples: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in runs}
     for _ in range(rounds):
         for name, (one, many) in runs.items():
-            for _ in range(latency_calls):
-                t0 = time.perf_counter()
-                one()
-                samples[name][0].append((time.perf_counter() - t0) * 1000)
-            for _ in range(throughput_calls):
-                t0 = time.perf_counter()
-                many()
-                samples[name][1].append(batch_size / (time.perf_counter() - t0))
+            latency, throughput = samples[name]
+            latency.extend(_time_calls(one, latency_calls, lambda s: s * 1000))
+            throughput.extend(_time_calls(many, throughput_calls,
+                                          lambda s: batch_size / s))
     return {name: (Spread.of(lat), Spread.of(thr)) for name, (lat, thr) in samples.items()}
+
+
+def rate_side_by_side(runs: Mapping[str, Callable[[], object]], items: int, rounds: int,
+                      calls: int, warmup: int) -> dict[str, Spread]:
+    """Items per second of every entry of ``runs`` ({name: a call that handles
+    ``items`` inputs}), interleaved as ``time_side_by_side`` interleaves: after
+    ``warmup`` untimed calls each, ``rounds`` rounds in which every entry in turn makes
+    ``calls`` timed calls. The i-th samples of two entries come from the same round, so
+    ``ratio_interval`` pairs them."""
+    if rounds < 1 or calls < 1:
+        raise ValueError(f"a timing needs at least one round and one call, got "
+                         f"rounds={rounds}, calls={calls}")
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    samples: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            samples[name].extend(_time_calls(run, calls, lambda s: items / s))
+    return {name: Spread.of(values) for name, values in samples.items()}
 
 
 def ratio_interval(num: Spread, den: Spread, level: float = 0.95, n_boot: int = 2000,

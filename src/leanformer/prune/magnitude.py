@@ -1,8 +1,8 @@
 """Unstructured pruning: zero single weights, the smallest in absolute value first.
 
 It goes through ``torch.nn.utils.prune``: ``magnitude_prune`` attaches a mask to every
-``nn.Linear`` and ``nn.Conv2d`` weight, ``remove_masks`` makes the zeros permanent, and
-``sparsity_table`` counts them layer by layer.
+``nn.Linear`` and ``nn.Conv2d`` weight of a copy, ``remove_masks_`` makes the zeros
+permanent in place, and ``sparsity_table`` counts them layer by layer.
 """
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global") ->
     """A copy of ``model`` with the share ``sparsity`` of its prunable weights set to zero, the
     smallest in absolute value first: ranked over all layers together (``scope="global"``) or
     within each layer (``"layer"``). The masks stay attached (``weight_orig`` and ``weight_mask``;
-    the weight is their product), so a fine-tune keeps the zeros; ``remove_masks`` bakes them in."""
+    the weight is their product), so a fine-tune keeps the zeros; ``remove_masks_``
+    bakes them in."""
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity is the share of weights to zero, in [0, 1), got {sparsity}")
     pruned = copy.deepcopy(model)
@@ -57,9 +58,9 @@ def magnitude_prune(model: nn.Module, sparsity: float, scope: str = "global") ->
     return pruned
 
 
-def remove_masks(model: nn.Module) -> nn.Module:
-    """Make the pruning permanent (in place): each ``weight_orig * weight_mask`` becomes a plain
-    ``weight`` again, with its zeros."""
+def remove_masks_(model: nn.Module) -> nn.Module:
+    """Make the pruning permanent, in place: each ``weight_orig * weight_mask`` becomes
+    a plain ``weight`` again, with its zeros. Returns ``model`` itself."""
     for _, m in prunable_weights(model):
         if hasattr(m, "weight_mask"):
             torch_prune.remove(m, "weight")

@@ -26,7 +26,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import CIFAR10
 from ..model import VisionTransformer
 from .structured import _blocks, keep_top, prune_model
 
@@ -45,7 +44,10 @@ def _taylor_scores(model: VisionTransformer, images: torch.Tensor, labels: torch
     each image's own loss, averaged over the images. Both take one backward pass per
     batch: in eval mode no image's output depends on another image, so the gradient of
     the batch's summed loss with respect to image i's activations is dL_i/d(activations
-    of i), and the gate's gradient of image i sums over that image's tokens alone."""
+    of i), and the gate's gradient of image i sums over that image's tokens alone.
+    The model is left as it was: its mode, and any gradients it held."""
+    was_training = model.training
+    held = [(p, p.grad) for p in model.parameters()]
     model.eval()
     blocks = _blocks(model)
     heads = [torch.zeros(b.attn.num_heads) for b in blocks]
@@ -82,7 +84,9 @@ def _taylor_scores(model: VisionTransformer, images: torch.Tensor, labels: torch
     finally:
         for h in handles:
             h.remove()
-        model.zero_grad(set_to_none=True)
+        for p, grad in held:
+            p.grad = grad
+        model.train(was_training)
     if per_example:  # the average over the images
         heads = [h / len(labels) for h in heads]
         units = [u / len(labels) for u in units]
@@ -123,29 +127,26 @@ def importance(model: VisionTransformer, score: str = "taylor", images: torch.Te
 
 
 def prune_by_score(model: VisionTransformer, heads: int, units: int, score: str = "taylor",
-                   data: CIFAR10 | None = None, n_images: int = 2048,
+                   images: torch.Tensor | None = None,
+                   labels: torch.Tensor | None = None,
                    seed: int = 0) -> tuple[VisionTransformer, dict[str, Any]]:
     """Keep the ``heads`` most important heads and ``units`` most important MLP units of every
-    block by ``score``; the Taylor scores rank on ``n_images`` training images of
-    ``data`` drawn with ``seed``. Returns the pruned copy and a record of what was kept
-    and why (what the ``prune`` command saves as provenance)."""
+    block by ``score``; the Taylor scores rank on ``images`` and ``labels``, training
+    images (``CIFAR10.train_sample``), never test images; the random score draws with
+    ``seed``. Returns the pruned copy and a record of what was kept and why (what the
+    ``prune`` command saves as provenance). ``model`` is left as it was."""
     for b in _blocks(model):
         if not 1 <= heads <= b.attn.num_heads:
             raise ValueError(f"heads: keep between 1 and {b.attn.num_heads} per block, got {heads}")
         if not 1 <= units <= b.mlp.fc1.out_features:
             raise ValueError(f"units: keep between 1 and {b.mlp.fc1.out_features} per block, got {units}")
-    x = y = None
-    if score in GRADIENT_SCORES:
-        if data is None:
-            raise ValueError(f"the {score} score needs data: its training images "
-                             "rank the heads and units")
-        # A fixed random sample of training images (never test images) ranks the heads and units.
-        pick = torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(seed))[:n_images]
-        x, y = data.train_images[pick], data.train_labels[pick]
-    head_scores, unit_scores = importance(model, score, x, y, seed=seed)
+    if score not in GRADIENT_SCORES:
+        images = labels = None  # the other scores read no images
+    head_scores, unit_scores = importance(model, score, images, labels, seed=seed)
     keep_heads, keep_units = keep_top(head_scores, heads), keep_top(unit_scores, units)
     pruned = prune_model(model, keep_heads, keep_units)
-    record = {"score": score, "score_images": len(y) if y is not None else 0, "seed": seed,
+    n_images = len(labels) if labels is not None else 0
+    record = {"score": score, "score_images": n_images, "seed": seed,
               "kept_heads": keep_heads, "kept_units": keep_units,
               "head_scores": [h.tolist() for h in head_scores],
               "widths": [list(w) for w in pruned.cfg.widths()]}

@@ -18,7 +18,8 @@ def csr_tensors(model: nn.Module, index_dtype: torch.dtype = torch.int32) -> dic
     ``index_dtype``), plus ``NAME.shape``. A convolution's weight is stored as a matrix of its
     output channels. Everything else stays dense. ``from_csr_tensors`` reverses it."""
     if any(hasattr(m, "weight_mask") for _, m in prunable_weights(model)):
-        raise ValueError("the model still has pruning masks attached: call remove_masks(model) first")
+        raise ValueError("the model still has pruning masks attached: "
+                         "call remove_masks_(model) first")
     state = {k: v.detach() for k, v in model.state_dict().items()}
     for name, m in prunable_weights(model):
         w = m.weight.detach()

@@ -7,10 +7,12 @@ Where a head and a hidden unit live in the weights of a ``Block``:
   for each of q, k and v (p = 0, 1, 2), and columns ``h * d ... + d`` of ``proj``;
 * hidden unit ``u`` of ``Mlp``: row ``u`` of ``fc1`` (and its bias) and column ``u`` of ``fc2``.
 
-``prune_linear`` keeps the chosen rows or columns of one ``nn.Linear``; ``prune_heads`` and
-``prune_mlp`` apply it to a block's attention and MLP; ``prune_model`` returns a smaller copy of a
-``VisionTransformer`` whose config records the new widths, so that ``save_model`` and
-``load_model`` round-trip it; ``keep_top`` turns scores into the indices to keep.
+``prune_linear`` keeps the chosen rows or columns of one ``nn.Linear``; ``prune_heads_``
+and ``prune_mlp_`` apply it to a block's attention and MLP, in place (the trailing
+underscore); ``prune_model`` returns a smaller copy of a ``VisionTransformer`` whose
+config records the new widths, so that ``save_model`` and ``load_model`` round-trip it,
+and leaves the model it was given as it was; ``keep_top`` turns scores into the indices
+to keep.
 """
 from __future__ import annotations
 
@@ -62,8 +64,9 @@ def head_rows(attn: Attention, heads: Sequence[int]) -> torch.Tensor:
     return torch.cat([p * attn.attn_dim + cols for p in range(3)])
 
 
-def prune_heads(attn: Attention, keep: Iterable[int]) -> None:
-    """Keep only the heads listed in ``keep`` (in place): slice ``qkv`` rows and ``proj`` columns."""
+def prune_heads_(attn: Attention, keep: Iterable[int]) -> Attention:
+    """Keep only the heads listed in ``keep``, in place: slice ``qkv`` rows and ``proj``
+    columns. Returns ``attn`` itself."""
     keep = sorted(int(h) for h in keep)
     if any(h < 0 or h >= attn.num_heads for h in keep):
         raise ValueError(f"heads to keep must be in 0..{attn.num_heads - 1}, got {keep}")
@@ -73,10 +76,12 @@ def prune_heads(attn: Attention, keep: Iterable[int]) -> None:
     attn.qkv = prune_linear(attn.qkv, head_rows(attn, keep), dim=0)
     attn.proj = prune_linear(attn.proj, head_columns(attn, keep), dim=1)
     attn.num_heads, attn.attn_dim = len(keep), len(keep) * attn.head_dim
+    return attn
 
 
-def prune_mlp(mlp: Mlp, keep: Iterable[int]) -> None:
-    """Keep only the hidden units listed in ``keep`` (in place): ``fc1`` rows, ``fc2`` columns."""
+def prune_mlp_(mlp: Mlp, keep: Iterable[int]) -> Mlp:
+    """Keep only the hidden units listed in ``keep``, in place: ``fc1`` rows, ``fc2``
+    columns. Returns ``mlp`` itself."""
     index = torch.as_tensor(sorted(int(u) for u in keep), dtype=torch.long)
     if not len(index):
         raise ValueError(f"an MLP must keep at least one of its {mlp.fc1.out_features} hidden units")
@@ -85,6 +90,7 @@ def prune_mlp(mlp: Mlp, keep: Iterable[int]) -> None:
                          f"got {index.min().item()}..{index.max().item()}")
     mlp.fc1 = prune_linear(mlp.fc1, index, dim=0)
     mlp.fc2 = prune_linear(mlp.fc2, index, dim=1)
+    return mlp
 
 
 def prune_model(model: VisionTransformer, keep_heads: Sequence[Iterable[int]],
@@ -95,8 +101,8 @@ def prune_model(model: VisionTransformer, keep_heads: Sequence[Iterable[int]],
         raise ValueError(f"give one list of heads and one of units per block ({len(model.blocks)} blocks)")
     pruned = copy.deepcopy(model)
     for block, heads, units in zip(_blocks(pruned), keep_heads, keep_units):
-        prune_heads(block.attn, heads)
-        prune_mlp(block.mlp, units)
+        prune_heads_(block.attn, heads)
+        prune_mlp_(block.mlp, units)
     widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in _blocks(pruned))
     pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
                                     "head_dim": model.cfg.head_width})

@@ -12,7 +12,7 @@ from ..data import CIFAR10
 from ..evaluate import evaluate, predict
 from ..recipes import Recipe, get_recipe
 from ..train import fit
-from .magnitude import magnitude_prune, remove_masks
+from .magnitude import magnitude_prune, remove_masks_
 from .sparse_files import SPARSE_FORMATS, sparse_file_bytes
 
 
@@ -43,7 +43,7 @@ def sparsity_sweep(model: nn.Module, data: CIFAR10, levels: list[float], recipe:
             row["fine-tune (s)"] = sum(h["epoch_time_s"] for h in history)
             right = predict(tuned, data.test_images).argmax(1) == data.test_labels
             row["fine-tuned (even)"], row["fine-tuned (odd)"] = half_accuracies(right)
-        models[float(s)] = tuned = remove_masks(tuned)
+        models[float(s)] = tuned = remove_masks_(tuned)
         row.update({fmt: len(sparse_file_bytes(tuned, fmt)) for fmt in SPARSE_FORMATS})
         rows.append(row)
         if progress:

@@ -14,6 +14,20 @@ training, and saving and loading each result. One module per job, from the botto
     safety       the checks that a .pt2 file holds nothing that could run code
     saving       save_quantized, load_quantized and the file format
 
+How a technique is called, here as in ``prune``, ``distill`` and ``precision``:
+
+* data: a function that reads a batch of images takes ``images`` (uint8, or float in
+  [0, 1]) and, where it needs them, ``labels``, as tensors (``pt2e_quantize``'s
+  calibration images, ``layer_sensitivity``, ``activation_ranges``);
+  ``CIFAR10.train_sample`` draws such a batch;
+* models: a name ending in ``_`` changes the model it is given in place and returns
+  that same model (``prepare_qat_``, ``convert_qat_``), as torchao's ``quantize_``
+  does; every other function leaves its arguments as they were and returns a new model
+  (``torchao_quantize``, ``intx_quantize``, ``pt2e_quantize``,
+  ``legacy_quantize_dynamic``, ``fake_quantize_weights``, ``quantize_model``).
+  ``compile_for_cpu`` returns a wrapper that holds the model itself, as
+  ``torch.compile`` does, and changes nothing in it.
+
 Every public name is imported here: ``from leanformer import quantize as Q; Q.int_range(8)``.
 """
 from .arithmetic import dequantize, fake_quantize, int8_linear, int_range, quant_params, quantize
@@ -23,7 +37,8 @@ from .compiled import CompiledForCPU, compile_for_cpu
 from .library import (PATHS, TORCHAO_CONFIGS, has_legacy_quantize_dynamic, legacy_quantize_dynamic,
                       machine_int8_support, pt2e_quantize, quantize_model, torchao_config,
                       torchao_quantize)
-from .qat import IntxScheme, convert_qat, intx_quantize, intx_scheme, prepare_qat, qat_configs
+from .qat import (IntxScheme, convert_qat_, intx_quantize, intx_scheme, prepare_qat_,
+                  qat_configs)
 from .saving import QFORMAT, load_quantized, save_quantized, tensor_bytes_in_file
 
 __all__ = [
@@ -39,7 +54,8 @@ __all__ = [
     "machine_int8_support", "TORCHAO_CONFIGS", "torchao_config", "torchao_quantize",
     "has_legacy_quantize_dynamic", "legacy_quantize_dynamic", "pt2e_quantize", "PATHS", "quantize_model",
     # qat
-    "qat_configs", "prepare_qat", "convert_qat", "intx_scheme", "IntxScheme", "intx_quantize",
+    "qat_configs", "prepare_qat_", "convert_qat_", "intx_scheme", "IntxScheme",
+    "intx_quantize",
     # saving
     "QFORMAT", "save_quantized", "load_quantized", "tensor_bytes_in_file",
 ]

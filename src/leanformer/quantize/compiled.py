@@ -76,7 +76,16 @@ def compile_for_cpu(model: nn.Module, batch_sizes: Iterable[int] = (1, 256),
     """``torch.compile`` ``model`` for inference, and compile it now, once per batch size in
     ``batch_sizes``. With ``freezing`` Inductor treats the weights as constants: it folds the
     dequantize steps into prepacked int8 weights and picks the int8 kernels
-    (``torch._inductor.config.freezing``). Returns (``CompiledForCPU``, compile seconds)."""
+    (``torch._inductor.config.freezing``). Returns (``CompiledForCPU``, compile
+    seconds).
+
+    As ``torch.compile``'s wrapper does, the one returned holds ``model`` itself rather
+    than a copy (``.uncompiled``), and it changes nothing in it: ``model`` must already
+    be in eval mode (an exported PT2E graph, whose mode is fixed when it is exported,
+    counts as that)."""
+    if model.training and not isinstance(model, torch.fx.GraphModule):
+        raise ValueError("compile_for_cpu compiles a model for inference, and leaves "
+                         "the model it is given as it is: call model.eval() first")
     compiled = CompiledForCPU(model, batch_sizes, freezing)
     t0 = time.perf_counter()
     with torch.no_grad():

@@ -27,14 +27,16 @@ def quantizable_layers(model: nn.Module, tokenizer: bool = True) -> dict[str, nn
 @torch.no_grad()
 def _see_inputs(model: nn.Module, images: torch.Tensor, names: Collection[str],
                 see: Callable[[str, torch.Tensor], None], batch_size: int) -> None:
-    """Run ``model`` over ``images`` (uint8 or float in [0, 1]) and call ``see(name, input)`` with
-    the input of every layer named in ``names``."""
+    """Run ``model`` over ``images`` (uint8 or float in [0, 1]) in eval mode and call
+    ``see(name, input)`` with the input of every layer named in ``names``. The model is
+    left in the mode it was in."""
     layers = dict(model.named_modules())
     missing = [n for n in names if n not in layers]
     if missing:
         raise KeyError(f"no layer named {missing} in the model; choose from quantizable_layers(model)")
     hooks = [layers[n].register_forward_pre_hook(lambda m, args, n=n: see(n, args[0].detach()))
              for n in names]
+    was_training = model.training
     try:
         model.eval()
         for i in range(0, len(images), batch_size):
@@ -43,6 +45,7 @@ def _see_inputs(model: nn.Module, images: torch.Tensor, names: Collection[str],
     finally:
         for h in hooks:
             h.remove()
+        model.train(was_training)
 
 
 def capture_inputs(model: nn.Module, images: torch.Tensor, names: Collection[str],
@@ -80,8 +83,10 @@ def flops_by_kind(model: nn.Module, image_size: int = 32) -> pd.DataFrame:
     import pandas as pd
 
     x = torch.zeros(1, 3, image_size, image_size)
+    was_training = model.training
     with torch.no_grad():
         total, per_module = _flop_counts(model.eval(), x)
+    model.train(was_training)
     root = type(model).__name__
     layers = quantizable_layers(model)
     conv = sum(per_module.get(f"{root}.{n}", 0) for n, m in layers.items() if isinstance(m, nn.Conv2d))

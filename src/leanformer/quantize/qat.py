@@ -1,5 +1,6 @@
-"""Quantization-aware training with torchao's fake quantizers (``prepare_qat``, ``convert_qat``),
-and the low-bit (intx) quantized model built from its weights (``intx_quantize``)."""
+"""Quantization-aware training with torchao's fake quantizers, put on and taken off a
+model in place (``prepare_qat_``, ``convert_qat_``, as torchao's ``quantize_``), and the
+low-bit (intx) quantized model built as a copy from its weights (``intx_quantize``)."""
 from __future__ import annotations
 
 import copy
@@ -41,12 +42,14 @@ def qat_configs(weight_bits: int = 4, group_size: int | None = 32, activations: 
     return act, weight
 
 
-def prepare_qat(model: _M, weight_bits: int = 4, group_size: int | None = 32,
+def prepare_qat_(model: _M, weight_bits: int = 4, group_size: int | None = 32,
                 activations: bool = True) -> _M:
     """Put fake quantizers on every Linear layer of ``model``, in place (torchao's
     ``QATConfig(step="prepare")``): the forward pass rounds as the quantized model will, and the
     backward pass lets gradients through the rounding unchanged (the straight-through estimator).
-    Without training this is post-training quantization, simulated."""
+    Without training this is post-training quantization, simulated. Returns ``model``
+    itself, so that ``evaluate(prepare_qat_(copy.deepcopy(m), 4), ...)`` reads in one
+    line."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
@@ -60,10 +63,11 @@ def prepare_qat(model: _M, weight_bits: int = 4, group_size: int | None = 32,
     return model
 
 
-def convert_qat(model: _M) -> _M:
-    """Take the fake quantizers off again (``QATConfig(step="convert")``): plain float layers
-    whose weights were trained to survive the rounding. Save them as any float model; the
-    quantized model is rebuilt from them in seconds (``intx_quantize``)."""
+def convert_qat_(model: _M) -> _M:
+    """Take the fake quantizers off again, in place (``QATConfig(step="convert")``):
+    plain float layers whose weights were trained to survive the rounding. Save them as
+    any float model; the quantized model is rebuilt from them in seconds
+    (``intx_quantize``). Returns ``model`` itself."""
     from torchao.quantization import quantize_
     from torchao.quantization.qat import QATConfig
 
