@@ -47,7 +47,7 @@ def test_a_stub_is_named_and_a_solution_stands_in_for_it():
     with pytest.raises(AssertionError, match="stub is not written yet"):
         check(stub, package_version, CASES)
     line = check(stub, package_version, CASES, solution=package_version)
-    assert line.startswith("stub is not written yet; the hidden solution stood in for it")
+    assert line.startswith("stub is not written yet, so the hidden solution stood in for it")
     assert "passed: all 2 cases" in line
 
 

@@ -90,7 +90,7 @@ def check(fn: Callable[..., Any], reference: Callable[..., Any],
             raise AssertionError(f"{_name(fn)} is not written yet: replace its "
                                  "`raise NotImplementedError` with your code") from None
         tried = solution
-        note = f"{_name(fn)} is not written yet; the hidden solution stood in for it: "
+        note = f"{_name(fn)} is not written yet, so the hidden solution stood in for it. "
     except Exception:  # noqa: BLE001 - any other failure is reported case by case below
         pass
     for i, case in enumerate(cases, 1):
