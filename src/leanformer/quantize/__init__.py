@@ -6,6 +6,8 @@ x86 Inductor quantizer, the legacy ``quantize_dynamic``, compiling for the CPU, 
 training, and saving and loading each result. One module per job, from the bottom up:
 
     arithmetic   int_range, quant_params, quantize, dequantize, fake_quantize, int8_linear
+    integer      one Linear layer in integers only: int32 bias, output requantized to int8
+                 by a fixed-point multiplier (int8_linear_integer)
     layers       which layers hold weights, the inputs they see and their ranges, FLOPs by kind
     fake         fake quantization of a model's weights and layer inputs; per-layer sensitivity
     compiled     compile_for_cpu and the CompiledForCPU wrapper it returns
@@ -31,6 +33,7 @@ How a technique is called, here as in ``prune``, ``distill`` and ``precision``:
 Every public name is imported here: ``from leanformer import quantize as Q; Q.int_range(8)``.
 """
 from .arithmetic import dequantize, fake_quantize, int8_linear, int_range, quant_params, quantize
+from .integer import fixed_point_multiplier, int8_linear_integer, requantize
 from .layers import QUANTIZABLE, activation_ranges, capture_inputs, flops_by_kind, quantizable_layers
 from .fake import fake_quantize_weights, fake_quantized_inputs, layer_sensitivity
 from .compiled import CompiledForCPU, compile_for_cpu
@@ -44,6 +47,8 @@ from .saving import QFORMAT, load_quantized, save_quantized, tensor_bytes_in_fil
 __all__ = [
     # arithmetic
     "int_range", "quant_params", "quantize", "dequantize", "fake_quantize", "int8_linear",
+    # integer
+    "fixed_point_multiplier", "requantize", "int8_linear_integer",
     # layers
     "QUANTIZABLE", "quantizable_layers", "capture_inputs", "activation_ranges", "flops_by_kind",
     # fake

@@ -19,7 +19,8 @@ scale per output channel (per row of a weight matrix) lets each row use its own 
 A linear layer y = x W^T + b in integers: with x ≈ s_x (q_x - z_x) and W ≈ s_w q_w (symmetric,
 per row), y ≈ s_x s_w [(q_x - z_x) q_w^T] + b. The bracket is a product of integers, summed in
 int32 (a sum of k products of two int8 values needs up to 2 * 7 + log2(k) bits), and is rescaled
-to float once per output. That is what the int8 kernels (VNNI, AMX) compute.
+to float once per output. That is what the int8 kernels (VNNI, AMX) compute; ``integer``
+carries it through to an int8 output without any float (``int8_linear_integer``).
 """
 from __future__ import annotations
 
