@@ -252,6 +252,7 @@ def test_training_throughput_times_fits_steps_and_leaves_the_start_alone(subset,
         return real_step(*args)
 
     monkeypatch.setattr(T, "_train_step", counting_step)
+    monkeypatch.delenv("LEANFORMER_TIMING", raising=False)  # make test sets it to brief
     speed = T.training_throughput(recipe, subset, model=start, loss_fn=loss, steps=3,
                                   warmup=2)
     assert calls == [True] * 5 and speed.n == 3 and speed.min > 0
