@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import pytest
@@ -262,3 +263,18 @@ def test_training_throughput_times_fits_steps_and_leaves_the_start_alone(subset,
         T.training_throughput(recipe, subset, steps=0)
     monkeypatch.setenv("LEANFORMER_TIMING", "brief")  # the test suite's: one step
     assert T.training_throughput(recipe, subset, steps=3).n == 1
+
+
+def test_fit_trains_a_copy_and_leaves_the_model_given_alone(subset):
+    """fit's name has no trailing underscore: the model it is given comes back unchanged."""
+    recipe = get_recipe("quick", epochs=1)
+    small = dataclasses.replace(subset, train_images=subset.train_images[:256],
+                                train_labels=subset.train_labels[:256],
+                                test_images=subset.test_images[:64],
+                                test_labels=subset.test_labels[:64])
+    start = build_model(recipe).eval()
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    tuned, _ = fit(recipe, small, model=start, progress=False)
+    assert tuned is not start
+    assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in tuned.state_dict().items())

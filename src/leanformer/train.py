@@ -188,9 +188,8 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
     """Train ``recipe`` on ``data`` (a ``leanformer.data.CIFAR10``) and return (model, history).
 
     model:    start from this model and its weights (a fine-tune) instead of building
-              ``recipe.model`` from scratch (``build_model(recipe, data)``). It is trained in
-              place, as an optimizer steps its parameters, and returned: pass a copy
-              (``copy.deepcopy``) to keep the original.
+              ``recipe.model`` from scratch (``build_model(recipe, data)``). A copy of it
+              is trained and returned; the model given is left as it was.
     loss_fn:  ``loss_fn(logits, batch) -> loss`` with ``batch`` a ``Batch``; default
               ``recipe_loss(recipe)``. A distillation loss reads ``batch.images`` to ask its
               teacher.
@@ -209,7 +208,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
         check_auto_augment_policy(recipe.auto_augment)
     device = torch.device(device or default_device())
     given_model, given_loss = model is not None, loss_fn is not None
-    model = (model or build_model(recipe, data)).to(device)
+    model = (copy.deepcopy(model) if given_model else build_model(recipe, data)).to(device)
     loss_fn = loss_fn or recipe_loss(recipe)
     optimizer = build_optimizer(recipe, model)
     n_train = len(data.train_labels)
