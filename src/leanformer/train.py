@@ -182,6 +182,18 @@ class Lookahead:
 
 # --- the loop --------------------------------------------------------------------------------
 
+def _copy_model(model: nn.Module) -> nn.Module:
+    """A deep copy of ``model``. ``torch.nn.utils.prune`` keeps each pruned layer's ``weight``
+    as a plain attribute that a hook recomputes from ``weight_orig * weight_mask`` before every
+    forward pass; after a pass with gradients it is not a leaf tensor, which ``deepcopy``
+    refuses. Detaching it changes no value (the next pass recomputes it)."""
+    for module in model.modules():
+        for name, value in list(vars(module).items()):
+            if isinstance(value, torch.Tensor) and not value.is_leaf:
+                setattr(module, name, value.detach())
+    return copy.deepcopy(model)
+
+
 def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, resume: bool = False,
         device: str | torch.device | None = None, progress: bool = True, model: nn.Module | None = None,
         loss_fn: LossFn | None = None) -> tuple[nn.Module, list[dict[str, float]]]:
@@ -208,7 +220,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
         check_auto_augment_policy(recipe.auto_augment)
     device = torch.device(device or default_device())
     given_model, given_loss = model is not None, loss_fn is not None
-    model = (copy.deepcopy(model) if given_model else build_model(recipe, data)).to(device)
+    model = (_copy_model(model) if model is not None else build_model(recipe, data)).to(device)
     loss_fn = loss_fn or recipe_loss(recipe)
     optimizer = build_optimizer(recipe, model)
     n_train = len(data.train_labels)
