@@ -34,7 +34,7 @@ def test_a_recorded_test_set_digest_wins_over_the_archive(subset):
     assert recorded_accuracy(rec, subset) == 0.5
 
 
-def test_every_shipped_model_names_its_test_set_but_the_sparse_one():
+def test_every_shipped_model_names_its_test_set():
     """The shipped records either carry the test set's digest or an archive the course knows."""
     import json
     from pathlib import Path
@@ -42,7 +42,7 @@ def test_every_shipped_model_names_its_test_set_but_the_sparse_one():
     root = Path(__file__).resolve().parents[1] / "checkpoints"
     unnamed = [p.relative_to(root).as_posix() for p in sorted(root.rglob("*.json"))
                if "test_acc" in json.loads(p.read_text()) and recorded_test_set(json.loads(p.read_text())) is None]
-    assert unnamed == ["pruned/sparse-50.json"], unnamed
+    assert unnamed == [], unnamed
 
 
 def test_the_digest_sees_labels_too(subset):
