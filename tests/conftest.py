@@ -43,6 +43,17 @@ def tiny_folder(tmp_path_factory):
 
 
 
+def small(data, n_train=1024, n_test=1000):
+    """A class-balanced slice of a CIFAR10 (the subset's images are in class order), so that a
+    test trains in seconds. Test modules import it (``from conftest import small``)."""
+    from leanformer.data import CIFAR10
+
+    return CIFAR10(data.train_images[:: len(data.train_labels) // n_train][:n_train],
+                   data.train_labels[:: len(data.train_labels) // n_train][:n_train],
+                   data.test_images[:: len(data.test_labels) // n_test],
+                   data.test_labels[:: len(data.test_labels) // n_test], data.source)
+
+
 def tiny_vit(seed: int = 0, **cfg):
     """A small Vision Transformer in eval mode, its weights drawn from ``seed``: by default one
     block (conv tokenizer with 16 and 32 channels, 32 wide, 2 heads, 64 MLP units); ``cfg``

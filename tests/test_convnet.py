@@ -3,22 +3,14 @@ import json
 import pytest
 import torch
 
+from conftest import small
 from leanformer import checkpoint
 from leanformer.checkpoint import load_model, save_model
 from leanformer.convnet import ConvNet, ConvNetConfig, conv3x3, patches, whiten_init_
-from leanformer.data import CIFAR10
 from leanformer.evaluate import evaluate
 from leanformer.model import VisionTransformer
 from leanformer.recipes import RecipeError, get_recipe
 from leanformer.train import build_model, build_optimizer, fit
-
-
-def small(data, n_train=1024, n_test=1000):
-    """A class-balanced slice of the subset, so that a test trains in seconds."""
-    return CIFAR10(data.train_images[:: len(data.train_labels) // n_train][:n_train],
-                   data.train_labels[:: len(data.train_labels) // n_train][:n_train],
-                   data.test_images[:: len(data.test_labels) // n_test],
-                   data.test_labels[:: len(data.test_labels) // n_test], data.source)
 
 
 def tiny_convnet(**overrides):

@@ -1,23 +1,14 @@
-import dataclasses
 import math
 
 import pytest
 import torch
 
+from conftest import small
 from leanformer import checkpoint
-from leanformer.data import CIFAR10
 from leanformer.evaluate import evaluate
 from leanformer.recipes import Recipe, get_recipe
 from leanformer.train import (Batch, build_model, fit, lr_at, mixed_cross_entropy,
                               recipe_loss)
-
-
-def small(data, n_train=1024, n_test=1000):
-    """A class-balanced slice of the subset, so that a test trains in seconds."""
-    return CIFAR10(data.train_images[:: len(data.train_labels) // n_train][:n_train],
-                   data.train_labels[:: len(data.train_labels) // n_train][:n_train],
-                   data.test_images[:: len(data.test_labels) // n_test],
-                   data.test_labels[:: len(data.test_labels) // n_test], data.source)
 
 
 def losses(history):
@@ -268,13 +259,9 @@ def test_training_throughput_times_fits_steps_and_leaves_the_start_alone(subset,
 def test_fit_trains_a_copy_and_leaves_the_model_given_alone(subset):
     """fit's name has no trailing underscore: the model it is given comes back unchanged."""
     recipe = get_recipe("quick", epochs=1)
-    small = dataclasses.replace(subset, train_images=subset.train_images[:256],
-                                train_labels=subset.train_labels[:256],
-                                test_images=subset.test_images[:64],
-                                test_labels=subset.test_labels[:64])
     start = build_model(recipe).eval()
     before = {k: v.clone() for k, v in start.state_dict().items()}
-    tuned, _ = fit(recipe, small, model=start, progress=False)
+    tuned, _ = fit(recipe, small(subset, 256, 64), model=start, progress=False)
     assert tuned is not start
     assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
