@@ -98,3 +98,11 @@ def test_the_shipped_predictions_are_the_models_own(subset):
     assert recorded is not None and len(recorded) == 10_000
     fresh = predict(reference, subset.test_images[:500]).argmax(1)
     assert (fresh != recorded[:500]).sum() <= 1
+
+
+def test_a_quantized_model_does_not_borrow_its_float_sources_accuracy(subset, make_tiny_vit):
+    model = make_tiny_vit(0)
+    model.provenance = {"test_acc": 0.8625, "test_set_sha256": record.test_set_sha256(subset)}
+    assert recorded_accuracy(model, subset) == 0.8625
+    model.quantization = {"path": "pt2e", "kind": "int8-static"}  # what quantize_model sets
+    assert recorded_accuracy(model, subset) is None

@@ -57,6 +57,10 @@ def recorded_accuracy(model_or_provenance: nn.Module | dict[str, Any], data: CIF
     provenance: dict[str, Any]
     if isinstance(model_or_provenance, dict):
         provenance = model_or_provenance
+    elif getattr(model_or_provenance, "quantization", None):
+        # A quantized model carries its float source's record (for its training cost); the
+        # accuracy in it is the source's, not its own.
+        return None
     else:  # a model without a record (no ``.provenance``) has nothing to stand in
         provenance = getattr(model_or_provenance, "provenance", None) or {}
     if key not in provenance:
