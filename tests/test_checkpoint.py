@@ -94,10 +94,11 @@ def test_shipped_checkpoints_load_unchanged():
         assert model.cfg.block_widths == () and model.cfg.widths() == [(4, 256)] * 4, path
 
 
-# Every .safetensors file under checkpoints/ is a model, but the record of their test
-# predictions (leanformer.record.PREDICTIONS), which tests/test_record.py checks.
+# Every .safetensors file under checkpoints/ is a model, but the records of predictions: the
+# shipped models' test predictions (leanformer.record.PREDICTIONS, checked in
+# tests/test_record.py) and the ledger's (leanformer.ledger, checked in tests/test_ledger.py).
 MODEL_FILES = sorted(p for p in CHECKPOINTS.rglob("*.safetensors")
-                     if p.name != "test-predictions.safetensors")
+                     if not p.name.endswith("predictions.safetensors"))
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda p: p.stem)

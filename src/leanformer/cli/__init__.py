@@ -2,7 +2,8 @@
 the commands by what they do in the modules beside it.
 
     training  train, distill-sweep: the commands that train
-    models    prune, sparsity-sweep, quantize, evaluate, costs: the commands that read a model file
+    models    prune, sparsity-sweep, quantize, evaluate, costs, ledger: the commands that read
+              model files
     data      make-subset: the command that writes a data file
     shared    what the commands share: UsageError, reading the data, provenance, saving a model
               with its .json
@@ -17,11 +18,13 @@ import sys
 from typing import NoReturn
 
 from ..checkpoint import CheckpointError
+from ..ledger import LEDGER as LEDGER_DEFAULT
 from ..data import DataError
 from ..prune import SCORES  # the choices a flag offers come from the package
 from ..recipes import RecipeError
 from .data import cmd_make_subset
-from .models import _quantize_paths, cmd_costs, cmd_evaluate, cmd_prune, cmd_quantize, cmd_sparsity_sweep
+from .models import (_quantize_paths, cmd_costs, cmd_evaluate, cmd_ledger, cmd_prune, cmd_quantize,
+                     cmd_sparsity_sweep)
 from .shared import UsageError
 from .training import _qat_group_default, cmd_distill_sweep, cmd_train
 
@@ -171,6 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved timing rounds")
     p.add_argument("--out", help="also write the costs to this JSON file")
     p.set_defaults(func=cmd_costs)
+
+    p = sub.add_parser("ledger", help="lesson 08's cost ledger: every shipped model in every "
+                       "served form (float32, bf16 weights, PT2E int8) measured side by side")
+    p.add_argument("--data", required=True, help="CIFAR-10 path: its test images score every "
+                   "row, its training images calibrate int8")
+    p.add_argument("--rounds", type=_positive_int, default=10, help="interleaved timing rounds")
+    p.add_argument("--out", default=str(LEDGER_DEFAULT), help="the ledger to write (JSON; its "
+                   "predictions go beside it)")
+    p.set_defaults(func=cmd_ledger)
 
     p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")
     p.add_argument("source")

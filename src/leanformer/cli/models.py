@@ -1,7 +1,7 @@
 """The commands that read a model file and write a smaller one or a measurement of it:
 ``prune`` (remove heads and MLP units), ``sparsity-sweep`` (zero weights at several sparsities
-and fine-tune each), ``quantize`` (an int8 file), ``evaluate`` (test accuracy) and ``costs``
-(models side by side)."""
+and fine-tune each), ``quantize`` (an int8 file), ``evaluate`` (test accuracy), ``costs``
+(models side by side) and ``ledger`` (every shipped model in every served form, lesson 08)."""
 import argparse
 import json
 import time
@@ -10,6 +10,7 @@ from pathlib import Path
 from ..checkpoint import CheckpointError, load_model
 from ..evaluate import accuracies_with_tta, evaluate
 from ..files import atomic_write, sha256_file
+from ..ledger import measure_ledger, write_ledger
 from ..machine import machine_info
 from ..measure import measure_costs, show_costs
 from ..model import VisionTransformer
@@ -168,3 +169,15 @@ def cmd_costs(args: argparse.Namespace) -> None:
         text = json.dumps({"command": _command(args), "costs": [c.to_dict() for c in costs]}, indent=1)
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(text))
         print(f"wrote {args.out}")
+
+
+def cmd_ledger(args: argparse.Namespace) -> None:
+    data = _data(args.data)
+    record, predictions = measure_ledger(data, rounds=args.rounds)
+    record["command"] = _command(args)
+    out = write_ledger(record, predictions, args.out)
+    for name, row in record["rows"].items():
+        cost = row["cost"]
+        print(f"{name:>44}: {cost['test_acc']:.2%}, "
+              f"{cost['throughput']['median']:,.0f} images/s at batch {cost['batch_size']}")
+    print(f"wrote {out} and its predictions on {record['machine']}")
