@@ -32,8 +32,10 @@ test: $(INSTALLED) typecheck
 typecheck: $(INSTALLED)
 	$(PY) -m mypy
 
-## The static book in _build/html, warnings as errors. Notebooks are not re-executed.
+## The static book in _build/html, warnings as errors. Notebooks are not re-executed; the
+## intro's ledger table and plot are written first from checkpoints/ledger.json.
 book: $(INSTALLED)
+	LEANFORMER_OFFLINE=1 MPLBACKEND=Agg $(PY) tools/notebooks.py ledger-page
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going
 
 ## Open the lessons in JupyterLab, from the same venv.

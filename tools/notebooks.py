@@ -2,6 +2,8 @@
 
     python tools/notebooks.py stamp [--check]        Colab badges and set-up cells from _config.yml
     python tools/notebooks.py execute NOTEBOOK...    stamp, then run notebooks in place
+    python tools/notebooks.py ledger-page            the intro's ledger table and plot, from
+                                                     checkpoints/ledger.json
 
 ``make stamp`` and ``make notebooks`` call it; tests/test_lessons.py checks that every lesson is
 stamped. The notebooks and _config.yml are those of the repository this script sits in.
@@ -115,6 +117,61 @@ def cmd_execute(args):
         print(f"executed {path} in {time.perf_counter() - t0:.0f} s")
 
 
+# --- the intro page's ledger: a table and a plot generated from the ledger's record ----------
+
+LEDGER_PAGE = ROOT / "book" / "_generated"
+
+
+def ledger_page(out: Path = LEDGER_PAGE) -> list[Path]:
+    """Write ``ledger.md`` (each model in its fastest form) and ``ledger.png`` (the Pareto
+    plot) under ``out`` from checkpoints/ledger.json, priced as lesson 08 prices them. The
+    book's intro includes both; ``make book`` writes them first."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from leanformer import ledger, load_cifar10, money
+
+    record, predictions = ledger.read_ledger()
+    labels = load_cifar10(verbose=False).test_labels
+    frame = ledger.ledger_frame(record, predictions, labels)
+    here = money.closest_instance(record["machine"], money.load_prices())
+    frame["$ per million"] = [money.usd_per_million(here.usd_per_hour, r)
+                              for r in frame["images/s"]]
+    frame["no loss"] = ledger.not_worse(frame)
+    best = ledger.fastest_forms(frame)
+    lines = [f"Measured side by side on the {record['machine'].split(' (')[0]} "
+             f"({record['test_images']:,} test images; dollars at {here.instance}'s "
+             f"${here.usd_per_hour} an hour, read {here.read_on}). Each model in its "
+             "fastest form; lesson 08 shows every form.", "",
+             "| model | form | accuracy | vs reference (points, 95%) | speed-up (95%) "
+             "| $ per million images |", "|---|---|---|---|---|---|"]
+    for model, r in best.iterrows():
+        lines.append(f"| {model} | {ledger.FORM_NAMES[r['form']]} | "
+                     f"{r['accuracy (%)']:.2f}% | {r['vs reference (points)']:+.2f} "
+                     f"({r['low']:+.2f} to {r['high']:+.2f}) | {r['speed-up']:.1f}× "
+                     f"({r['speed-up low']:.1f}–{r['speed-up high']:.1f}) | "
+                     f"{r['$ per million']:.3f} |")
+    out.mkdir(parents=True, exist_ok=True)
+    table = out / "ledger.md"
+    text = "\n".join(lines) + "\n"
+    atomic_write(table, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    ledger.plot_pareto(frame, ax=ax, baseline=record["baseline"])
+    ax.set(xlabel=f"$ per million images ({here.instance}, log scale)",
+           title="Every model of the course, every form: accuracy against cost")
+    figure = out / "ledger.png"
+    atomic_write(figure, lambda tmp: fig.savefig(tmp, format="png", dpi=120,
+                                                 bbox_inches="tight"))
+    return [table, figure]
+
+
+def cmd_ledger_page(args):
+    for path in ledger_page():
+        print(f"wrote {path.relative_to(ROOT)}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python tools/notebooks.py", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -125,6 +182,9 @@ def main(argv=None):
     p = sub.add_parser("execute", help="stamp, then run notebooks in place, keeping outputs")
     p.add_argument("notebooks", nargs="+")
     p.set_defaults(func=cmd_execute)
+    p = sub.add_parser("ledger-page", help="the intro's ledger table and plot, from "
+                       "checkpoints/ledger.json")
+    p.set_defaults(func=cmd_ledger_page)
     args = parser.parse_args(argv)
     args.func(args)
 
