@@ -152,7 +152,7 @@ def ledger_page(out: Path = LEDGER_PAGE) -> list[Path]:
                      f"{r['accuracy (%)']:.2f}% | {r['vs reference (points)']:+.2f} "
                      f"({r['low']:+.2f} to {r['high']:+.2f}) | {r['speed-up']:.1f}× "
                      f"({r['speed-up low']:.1f}–{r['speed-up high']:.1f}) | "
-                     f"{r['$ per million']:.3f} |")
+                     f"{r['$ per million']:.4f} |")
     out.mkdir(parents=True, exist_ok=True)
     table = out / "ledger.md"
     text = "\n".join(lines) + "\n"

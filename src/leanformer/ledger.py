@@ -344,15 +344,16 @@ def plot_pareto(frame: pd.DataFrame, cost: str = "$ per million", ax: Any = None
                    label=FORM_NAMES.get(form, str(form)), alpha=0.8)
     front = frame.iloc[pareto_front(list(frame[cost]), list(frame["accuracy (%)"]))]
     ax.plot(front[cost], front["accuracy (%)"], "k--", lw=1, label="Pareto front")
-    for _, r in front.iterrows():
-        ax.annotate(r["model"], (r[cost], r["accuracy (%)"]), fontsize=7, xytext=(4, 3),
-                    textcoords="offset points")
+    for k, (_, r) in enumerate(front.iterrows()):  # labels above and below, in turn
+        ax.annotate(r["model"], (r[cost], r["accuracy (%)"]), fontsize=7,
+                    xytext=(4, 4 if k % 2 else -10), textcoords="offset points")
     if baseline is not None:
         ax.axhline(frame.loc[baseline, "accuracy (%)"], color="grey", ls=":", lw=1)
     ax.set(xscale="log", ylabel="test accuracy (%)")
     dollars = FuncFormatter(lambda v, _: f"${v:.3g}")
+    some = FuncFormatter(lambda v, _: f"${v:.3g}" if f"{v:.1e}"[0] in "235" else "")
     ax.xaxis.set_major_formatter(dollars)
-    ax.xaxis.set_minor_formatter(dollars)
+    ax.xaxis.set_minor_formatter(some)  # 2, 3 and 5 times a power of ten
     ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.legend(fontsize=8, loc="lower right")
     return ax
