@@ -35,7 +35,7 @@ from .data import CIFAR10
 from .evaluate import predict
 from .files import atomic_write, sha256_file
 from .machine import machine_info
-from .measure import (Spread, count_flops, measure_costs, paired_comparison, ratio_interval,
+from .measure import (Cost, count_flops, measure_costs, paired_comparison, ratio_interval,
                       safetensors_bytes, training_cost)
 from .quantize import quantize_model, save_quantized, tensor_bytes_in_file
 from .record import predicted_classes, test_set_sha256
@@ -212,7 +212,7 @@ def measure_ledger(data: CIFAR10, entries: Sequence[Entry] = ENTRIES,
                           "training": training}
     accuracy = {n: (p.long() == data.test_labels).float().mean().item()
                 for n, p in predictions.items()}
-    precision = {n: ("int8" if r["form"] == "int8" else r["form"]) for n, r in rows.items()}
+    precision = {n: r["form"] for n, r in rows.items()}  # "int8" runs as it is
     costs = measure_costs(models, data, files=files, precision=precision,  # type: ignore[arg-type]
                           test_acc=accuracy, rounds=rounds)
     for cost in costs:
@@ -263,10 +263,6 @@ def read_ledger(path: str | os.PathLike = LEDGER) -> tuple[dict[str, Any], dict[
     return record, {n: p.long() for n, p in predictions.items()}
 
 
-def _spread(record: dict[str, Any]) -> Spread:
-    return Spread(**{**record, "samples": tuple(record.get("samples", ()))})
-
-
 def ledger_frame(record: dict[str, Any], predictions: dict[str, torch.Tensor],
                  labels: torch.Tensor) -> pd.DataFrame:
     """One row per model and form, the baseline first: accuracy and its paired difference from
@@ -282,16 +278,18 @@ def ledger_frame(record: dict[str, Any], predictions: dict[str, torch.Tensor],
     rows = record["rows"]
     base = record["baseline"]
     base_right = predictions[base] == labels
-    base_speed = _spread(rows[base]["cost"]["throughput"])
+    costs = {name: Cost.from_dict(row["cost"]) for name, row in rows.items()}
+    base_speed = costs[base].throughput
     gflops = {r["model"]: r["cost"]["flops"] / 1e9 for r in rows.values()
               if r["form"] == "fp32" and r["cost"]["flops"]}
     table = {}
     for name, row in rows.items():
-        cost = row["cost"]
+        cost = costs[name]
+        assert cost.throughput is not None and cost.latency_ms is not None and base_speed
         right = predictions[name] == labels
         paired = paired_comparison(right, base_right)
-        speed = ratio_interval(_spread(cost["throughput"]), base_speed)
-        latency = np.array(cost["latency_ms"]["samples"])
+        speed = ratio_interval(cost.throughput, base_speed)
+        latency = np.array(cost.latency_ms.samples)
         runs = row["training"]
         flops = [r.get("flops") for r in runs]
         table[name] = {
@@ -299,7 +297,7 @@ def ledger_frame(record: dict[str, Any], predictions: dict[str, torch.Tensor],
             "vs reference (points)": 100 * paired.diff, "low": 100 * paired.low,
             "high": 100 * paired.high, "p": paired.p_value,
             "MB": row["tensor_bytes"] / 1e6, "GFLOPs": gflops.get(row["model"]),
-            "images/s": cost["throughput"]["median"], "speed-up": speed[0],
+            "images/s": cost.throughput.median, "speed-up": speed[0],
             "speed-up low": speed[1], "speed-up high": speed[2],
             "p50 (ms)": float(np.percentile(latency, 50)),
             "p90 (ms)": float(np.percentile(latency, 90)),
