@@ -244,6 +244,25 @@ def test_prune_by_the_per_example_taylor_score(tmp_path, tiny_folder, make_tiny_
     assert record["score"] == "taylor-per-example" and record["score_images"] == 40
 
 
+def test_prune_drops_blocks_and_tokenizer_channels_and_records_why(tmp_path, tiny_folder, make_tiny_vit):
+    src, out = tmp_path / "m.safetensors", tmp_path / "pruned.safetensors"
+    save_model(make_tiny_vit(depth=3), src)
+    args = [sys.executable, "-m", "leanformer", "prune", str(src), "--heads", "1", "--mlp-units", "20",
+            "--data", str(tiny_folder), "--images", "40", "--out", str(out)]
+    run = subprocess.run(args + ["--blocks", "2", "--tokenizer-channels", "8"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    pruned = load_model(out)
+    assert pruned.cfg.depth == 2 and pruned.cfg.widths() == [(1, 20), (1, 20)]
+    assert pruned.cfg.conv_channels == (8, 32)
+    record = pruned.provenance
+    assert len(record["block_losses"]) == 3 and len(record["kept_blocks"]) == 2
+    assert len(record["kept_tokenizer_channels"]) == 8 and "kept blocks" in run.stdout
+    bad = subprocess.run(args[:-1] + [str(tmp_path / "x.safetensors"), "--blocks", "4"],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--blocks: keep between 1 and 3, got 4" in bad.stderr
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_sparsity_sweep_writes_its_table_and_refuses_bad_levels(tmp_path, tiny_folder, make_tiny_vit):
     src, out = tmp_path / "m.safetensors", tmp_path / "sweep.json"
     save_model(make_tiny_vit(), src)

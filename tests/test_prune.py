@@ -4,7 +4,10 @@ from conftest import tiny_vit
 
 from leanformer import load_model, save_model
 from leanformer.measure import attention_flops, component_costs, mlp_flops, safetensors_bytes
-from leanformer.prune import (correlation_gap, csr_tensors, drop_one_head_losses,
+from leanformer.prune import (correlation_gap, csr_tensors, drop_blocks, drop_blocks_by_loss,
+                              drop_one_block_losses, drop_one_head_losses,
+                              prune_tokenizer_by_score, prune_tokenizer_channels,
+                              tokenizer_channel_scores,
                               from_csr_tensors, gzip_bytes, half_accuracies,
                               highest_within, importance, keep_top, kept_by,
                               kept_in_common, magnitude_prune, prunable_weights,
@@ -229,6 +232,69 @@ def test_drop_one_head_losses_are_exact_and_zero_for_a_silent_head(subset):
     without = prune_model(model, [[0, 1, 2], range(4)], [range(64)] * 2)
     by_hand = torch.nn.functional.cross_entropy(without(x.float() / 255), y).item() - full
     assert losses[0][3].item() == pytest.approx(by_hand, abs=1e-5)
+
+
+def _without_block(model, i, x):
+    """The model's logits with block ``i`` skipped, computed by hand from its own modules."""
+    h = model.patch_embed((x - model.mean) / model.std) + model.pos_embed
+    for j, block in enumerate(model.blocks):
+        h = h if j == i else block(h)
+    return model.head(model.pool(model.norm(h)))
+
+
+def test_dropping_a_block_skips_it_and_the_copy_saves_and_loads(tmp_path):
+    model = tiny_vit(depth=3, num_heads=2, drop_path_rate=0.2)
+    x = torch.rand(4, 3, 32, 32)
+    short = drop_blocks(model, [0, 2])
+    assert short.cfg.depth == 2 and short.cfg.widths() == [(2, 64), (2, 64)] and len(model.blocks) == 3
+    assert [b.drop_path.p for b in short.blocks] == pytest.approx([0.0, 0.2])  # spread again
+    with torch.no_grad():
+        torch.testing.assert_close(short(x), _without_block(model, 1, x), atol=1e-6, rtol=0)
+        save_model(short, tmp_path / "short.safetensors")
+        torch.testing.assert_close(load_model(tmp_path / "short.safetensors")(x), short(x), atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"at least one block index in 0\.\.2, got \[3\]"):
+        drop_blocks(model, [3])
+
+
+def test_block_losses_are_exact_and_the_costliest_blocks_stay(subset):
+    model = tiny_vit(depth=3, num_heads=2)
+    with torch.no_grad():  # block 2 adds nothing to the residual stream
+        model.blocks[2].attn.proj.weight.zero_(), model.blocks[2].attn.proj.bias.zero_()
+        model.blocks[2].mlp.fc2.weight.zero_(), model.blocks[2].mlp.fc2.bias.zero_()
+    x, y = subset.train_images[:128], subset.train_labels[:128]
+    losses = drop_one_block_losses(model, x, y)
+    assert abs(losses[2].item()) < 1e-6
+    full = torch.nn.functional.cross_entropy(model(x.float() / 255), y).item()
+    with torch.no_grad():
+        by_hand = torch.nn.functional.cross_entropy(_without_block(model, 0, x.float() / 255), y).item()
+    assert losses[0].item() == pytest.approx(by_hand - full, abs=1e-5)
+    kept, record = drop_blocks_by_loss(model, 2, x, y)
+    assert set(range(3)) - set(record["kept_blocks"]) == {losses.argmin().item()}
+    assert kept.cfg.depth == 2 and record["block_losses"] == pytest.approx(losses.tolist(), abs=1e-6)
+    with pytest.raises(ValueError, match="blocks: keep between 1 and 3, got 0"):
+        drop_blocks_by_loss(model, 0, x, y)
+
+
+def test_removing_a_tokenizer_channel_equals_silencing_it(tmp_path, subset):
+    model = tiny_vit()  # conv tokenizer with 16 then 32 channels
+    with torch.no_grad():
+        model.patch_embed.stages[0].weight[5] = 0  # channel 5 is zero after the ReLU
+    x = torch.rand(3, 3, 32, 32)
+    pruned = prune_tokenizer_channels(model, [c for c in range(16) if c != 5])
+    assert pruned.cfg.conv_channels == (15, 32) and model.cfg.conv_channels == (16, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), model(x), atol=1e-5, rtol=0)
+        save_model(pruned, tmp_path / "t.safetensors")
+        torch.testing.assert_close(load_model(tmp_path / "t.safetensors")(x), pruned(x), atol=0, rtol=0)
+    images, labels = subset.train_images[:128], subset.train_labels[:128]
+    scores = tokenizer_channel_scores(model, images, labels)
+    assert scores.shape == (16,) and scores[5] == 0 and (scores > 0).sum() >= 8
+    smaller, record = prune_tokenizer_by_score(model, 8, images, labels)
+    assert smaller.cfg.conv_channels == (8, 32) and 5 not in record["kept_tokenizer_channels"]
+    with pytest.raises(ValueError, match="tokenizer-channels: keep between 1 and 16, got 17"):
+        prune_tokenizer_by_score(model, 17, images, labels)
+    with pytest.raises(ValueError, match="conv tokenizer with two or more convolutions"):
+        prune_tokenizer_channels(tiny_vit(tokenizer="patch"), [0])
 
 
 def test_torch_pruning_removes_the_same_rows_and_columns():

@@ -131,10 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-dir", help="also save each fine-tuned sparse model there (sparse-NN.safetensors)")
     p.set_defaults(func=cmd_sparsity_sweep)
 
-    p = sub.add_parser("prune", help="remove attention heads and MLP units by importance; writes a smaller model")
+    p = sub.add_parser("prune", help="remove attention heads, MLP units and whole blocks by importance; "
+                                     "writes a smaller model")
     p.add_argument("model", metavar="MODEL")
     p.add_argument("--heads", type=int, required=True, help="heads to keep in every block")
     p.add_argument("--mlp-units", type=int, required=True, help="MLP hidden units to keep in every block")
+    p.add_argument("--blocks", type=int,
+                   help="whole blocks to keep (default: all): first the blocks whose removal alone "
+                        "costs least on the training images go, then heads and units are scored")
+    p.add_argument("--tokenizer-channels", type=int,
+                   help="channels to keep in the conv tokenizer's first convolution (default: all; "
+                        "taylor score on the training images)")
     p.add_argument("--score", default="taylor", choices=SCORES, help="importance score (leanformer.prune.SCORES)")
     p.add_argument("--data",
                    help="CIFAR-10 path; the Taylor scores rank on its training images")

@@ -5,6 +5,7 @@ and fine-tune each), ``quantize`` (an int8 file), ``evaluate`` (test accuracy), 
 import argparse
 import json
 import time
+from typing import Any
 from pathlib import Path
 
 from ..checkpoint import CheckpointError, load_model
@@ -14,7 +15,8 @@ from ..ledger import measure_ledger, write_ledger
 from ..machine import machine_info
 from ..measure import measure_costs, show_costs
 from ..model import VisionTransformer
-from ..prune import GRADIENT_SCORES, highest_within, prune_by_score, sparsity_sweep
+from ..prune import (GRADIENT_SCORES, drop_blocks_by_loss, highest_within, prune_by_score,
+                     prune_tokenizer_by_score, sparsity_sweep)
 from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
 from ..record import record_predictions, recorded_accuracy, test_set_sha256
@@ -24,25 +26,41 @@ from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
 def cmd_prune(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     if not isinstance(model, VisionTransformer):
-        raise UsageError(f"{args.model} holds a {type(model).__name__}; prune removes the heads and "
-                         "MLP units of a VisionTransformer")
+        raise UsageError(f"{args.model} holds a {type(model).__name__}; prune removes the heads, "
+                         "MLP units and blocks of a VisionTransformer")
+    source_sha = model.weights_sha256
     images = labels = None
-    if args.score in GRADIENT_SCORES:  # a sample of training images ranks heads and units
-        data = _data(args.data)
+    if args.score in GRADIENT_SCORES or args.blocks is not None or args.tokenizer_channels is not None:
+        data = _data(args.data)  # a sample of training images ranks blocks, heads and units
         n = min(args.images, len(data.train_labels))
         images, labels = data.train_sample(n, args.seed)
+    extra: dict[str, Any] = {}  # what went besides heads and units
     try:
+        if args.blocks is not None:
+            assert images is not None and labels is not None  # drawn above for --blocks
+            model, extra = drop_blocks_by_loss(model, args.blocks, images, labels)
+        if args.tokenizer_channels is not None:
+            assert images is not None and labels is not None  # and for --tokenizer-channels
+            model, channels = prune_tokenizer_by_score(model, args.tokenizer_channels, images, labels)
+            extra.update(channels)
         pruned, record = prune_by_score(model, args.heads, args.mlp_units, args.score,
                                         images, labels, seed=args.seed)
     except ValueError as e:
         raise SystemExit(f"error: --{str(e).replace('units:', 'mlp-units:')}") from None
     provenance = {
         "command": _command(args),
-        "pruned_from": {"path": str(args.model), "weights_sha256": model.weights_sha256},
+        "pruned_from": {"path": str(args.model), "weights_sha256": source_sha},
         "data_sha256": _data_sha256(args.data),
+        **extra,
         **record,
     }
     sha = _save_with_json(pruned, args.out, provenance)
+    if "kept_blocks" in extra:
+        print(f"kept blocks {extra['kept_blocks']} of {len(extra['block_losses'])} "
+              f"(loss without each: {extra['block_losses']})")
+    if "kept_tokenizer_channels" in extra:
+        print(f"kept {len(extra['kept_tokenizer_channels'])} of "
+              f"{len(extra['tokenizer_channel_scores'])} channels of the tokenizer's first convolution")
     print(f"kept heads {record['kept_heads']} and {len(record['kept_units'][0])} MLP units per block ({args.score} score); "
           f"wrote {args.out} (sha256 {sha[:12]}…)")
 

@@ -4,9 +4,13 @@ units (structured), so that the weight matrices shrink and the model really does
 One module per job, from the bottom up:
 
     structured    slicing heads and MLP units out of the weights: prune_linear,
-                  prune_heads_, prune_mlp_, prune_model, keep_top
+                  prune_heads_, prune_mlp_, prune_model, keep_top; drop_blocks,
+                  prune_tokenizer_channels
     scores        importance scores (taylor, the batch variant; taylor-per-example;
-                  magnitude, random), prune_by_score, and what dropping a head costs
+                  magnitude, random), prune_by_score, and what dropping a head or a
+                  whole block costs (drop_one_head_losses, drop_one_block_losses,
+                  drop_blocks_by_loss); the tokenizer's channels (tokenizer_channel_scores,
+                  prune_tokenizer_by_score)
     ranking       a score's ranking of the heads against the exact one or another's:
                   rank_correlation, correlation_gap (bootstrap over heads),
                   kept_in_common
@@ -32,10 +36,11 @@ How a technique is called, here as in ``quantize``, ``distill`` and ``precision`
 Every public name is imported here: ``from leanformer.prune import prune_by_score``.
 """
 from ..measure.size import tensors_bytes
-from .structured import (head_columns, head_rows, keep_top, prune_heads_, prune_linear,
-                         prune_mlp_, prune_model)
-from .scores import (GRADIENT_SCORES, SCORES, drop_one_head_losses, importance,
-                     prune_by_score)
+from .structured import (drop_blocks, head_columns, head_rows, keep_top, prune_heads_,
+                         prune_linear, prune_mlp_, prune_model, prune_tokenizer_channels)
+from .scores import (GRADIENT_SCORES, SCORES, drop_blocks_by_loss, drop_one_block_losses,
+                     drop_one_head_losses, importance, prune_by_score, prune_tokenizer_by_score,
+                     tokenizer_channel_scores)
 from .ranking import correlation_gap, kept_in_common, rank_correlation
 from .crosscheck import kept_by, prune_with_torch_pruning
 from .magnitude import magnitude_prune, prunable_weights, remove_masks_, sparsity_table
@@ -45,9 +50,11 @@ from .sweep import half_accuracies, highest_within, sparsity_sweep
 __all__ = [
     # structured
     "prune_linear", "head_columns", "head_rows", "prune_heads_", "prune_mlp_",
-    "prune_model", "keep_top",
+    "prune_model", "keep_top", "drop_blocks", "prune_tokenizer_channels",
     # scores
     "SCORES", "GRADIENT_SCORES", "importance", "prune_by_score", "drop_one_head_losses",
+    "drop_one_block_losses", "drop_blocks_by_loss", "tokenizer_channel_scores",
+    "prune_tokenizer_by_score",
     # ranking
     "rank_correlation", "correlation_gap", "kept_in_common",
     # crosscheck

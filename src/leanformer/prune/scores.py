@@ -15,7 +15,11 @@ the course's shipped pruned models and stays as it is, so that they can be repro
 
 ``magnitude`` is the norm of the weights, ``random`` the baseline any score must beat.
 ``prune_by_score`` keeps the best of every block; ``drop_one_head_losses`` measures exactly what
-removing each head costs, to check a score against.
+removing each head costs, to check a score against. Whole blocks are few (four in the course's
+ViT), so they are ranked by that exact measure, ``drop_one_block_losses``, and
+``drop_blocks_by_loss`` keeps the ones whose removal costs most. The conv tokenizer's first
+convolution has channels that can go too: ``tokenizer_channel_scores`` gives them the
+``taylor`` score, and ``prune_tokenizer_by_score`` keeps the best.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import VisionTransformer
-from .structured import _blocks, keep_top, prune_model
+from .structured import _blocks, drop_blocks, keep_top, prune_model, prune_tokenizer_channels
 
 SCORES = ("taylor", "taylor-per-example", "magnitude", "random")
 GRADIENT_SCORES = ("taylor", "taylor-per-example")  # the scores that need images
@@ -153,6 +157,96 @@ def prune_by_score(model: VisionTransformer, heads: int, units: int, score: str 
     return pruned, record
 
 
+def _mean_loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               batch_size: int = 256) -> float:
+    """The model's mean cross-entropy on ``images`` (uint8 or float in [0, 1]), in eval mode."""
+    model.eval()
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size]
+            x = x.float().div(255) if x.dtype == torch.uint8 else x
+            total += F.cross_entropy(model(x), labels[start:start + batch_size], reduction="sum").item()
+    return total / len(labels)
+
+
+def drop_one_block_losses(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor,
+                          batch_size: int = 256) -> torch.Tensor:
+    """The exact effect of every block: the loss on ``images`` (training images) without that
+    one block, minus the loss of the whole model; larger = more important. One pass over
+    ``images`` per block. ``model`` is left as it was."""
+    was_training = model.training
+    n = len(model.blocks)
+    base = _mean_loss(model, images, labels, batch_size)
+    losses = [_mean_loss(drop_blocks(model, [j for j in range(n) if j != i]), images, labels,
+                         batch_size) - base for i in range(n)]
+    model.train(was_training)
+    return torch.tensor(losses)
+
+
+def drop_blocks_by_loss(model: VisionTransformer, blocks: int, images: torch.Tensor,
+                        labels: torch.Tensor) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Keep the ``blocks`` blocks whose removal alone costs most on ``images`` and ``labels``
+    (training images, never test images), in their order; returns the copy and a record of
+    the losses and the blocks kept. ``model`` is left as it was."""
+    n = len(model.blocks)
+    if not 1 <= blocks <= n:
+        raise ValueError(f"blocks: keep between 1 and {n}, got {blocks}")
+    losses = drop_one_block_losses(model, images, labels)
+    keep = sorted(losses.topk(blocks).indices.tolist())
+    record = {"block_scores": "loss without the block minus the whole model's, on the score images",
+              "block_losses": [round(v, 6) for v in losses.tolist()], "kept_blocks": keep}
+    return drop_blocks(model, keep), record
+
+
+def tokenizer_channel_scores(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor,
+                             batch_size: int = 128) -> torch.Tensor:
+    """The ``taylor`` score (the batch variant) of each output channel of the conv tokenizer's
+    first convolution: |dL_B/dg| for a gate g on that channel where the next convolution reads
+    it, summed over the batches of ``images`` (training images). The model is left as it was."""
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, nn.Conv2d)]
+    if len(convs) < 2:
+        raise ValueError("the model's tokenizer has no convolution whose channels can go")
+    was_training = model.training
+    held = [(p, p.grad) for p in model.parameters()]
+    model.eval()
+    scores = torch.zeros(convs[0].out_channels)
+
+    def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0]
+        if x.requires_grad:
+            def on_grad(g: torch.Tensor, x: torch.Tensor = x) -> None:  # returns None: g unchanged
+                scores.add_((x.detach() * g).sum((0, 2, 3)).abs().float().cpu())
+            x.register_hook(on_grad)
+
+    handle = convs[1].register_forward_pre_hook(hook)
+    try:
+        for start in range(0, len(labels), batch_size):
+            x = images[start:start + batch_size]
+            x = (x.float().div(255) if x.dtype == torch.uint8 else x).requires_grad_(True)
+            model.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), labels[start:start + batch_size]).backward()
+    finally:
+        handle.remove()
+        for p, grad in held:
+            p.grad = grad
+        model.train(was_training)
+    return scores
+
+
+def prune_tokenizer_by_score(model: VisionTransformer, channels: int, images: torch.Tensor,
+                             labels: torch.Tensor) -> tuple[VisionTransformer, dict[str, Any]]:
+    """Keep the ``channels`` best-scored channels of the tokenizer's first convolution
+    (``tokenizer_channel_scores`` on training ``images``); returns the copy and a record."""
+    scores = tokenizer_channel_scores(model, images, labels)
+    if not 1 <= channels <= len(scores):
+        raise ValueError(f"tokenizer-channels: keep between 1 and {len(scores)}, got {channels}")
+    keep = sorted(scores.topk(channels).indices.tolist())
+    record = {"tokenizer_channel_scores": [round(v, 6) for v in scores.tolist()],
+              "kept_tokenizer_channels": keep}
+    return prune_tokenizer_channels(model, keep), record
+
+
 def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor,
                          batch_size: int = 256) -> list[torch.Tensor]:
     """The exact effect of every head: the loss on ``images`` with that one head removed, minus the
@@ -162,14 +256,7 @@ def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels:
     was_training = model.training
 
     def loss_of(m: nn.Module) -> float:
-        m.eval()
-        total = 0.0
-        with torch.no_grad():
-            for start in range(0, len(labels), batch_size):
-                x = images[start:start + batch_size]
-                x = x.float().div(255) if x.dtype == torch.uint8 else x
-                total += F.cross_entropy(m(x), labels[start:start + batch_size], reduction="sum").item()
-        return total / len(labels)
+        return _mean_loss(m, images, labels, batch_size)
 
     base = loss_of(model)
     blocks = _blocks(model)

@@ -12,7 +12,13 @@ and ``prune_mlp_`` apply it to a block's attention and MLP, in place (the traili
 underscore); ``prune_model`` returns a smaller copy of a ``VisionTransformer`` whose
 config records the new widths, so that ``save_model`` and ``load_model`` round-trip it,
 and leaves the model it was given as it was; ``keep_top`` turns scores into the indices
-to keep.
+to keep. ``drop_blocks`` removes whole blocks: every block adds its output to the residual
+stream, so a model without block ``i`` is the same model with that block's two branches
+set to zero, and the blocks after it read what the blocks before it wrote.
+``prune_tokenizer_channels`` removes output channels of the convolutional tokenizer's first
+convolution (channel ``c``: filter ``c`` of that convolution and input channel ``c`` of the
+next; the ReLU and max-pool between them act on each channel alone). The last convolution's
+channels are the tokens' width, which every block reads, and stay.
 """
 from __future__ import annotations
 
@@ -107,6 +113,57 @@ def prune_model(model: VisionTransformer, keep_heads: Sequence[Iterable[int]],
     pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
                                     "head_dim": model.cfg.head_width})
     # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
+    setattr(pruned, "provenance", {})
+    return pruned
+
+
+def drop_blocks(model: VisionTransformer, keep: Iterable[int]) -> VisionTransformer:
+    """A copy of ``model`` with only the blocks ``keep`` (indices, in their order in the
+    model); its config records the new depth and the kept blocks' widths. Stochastic depth
+    is spread again over the new depth, as a model of that depth is built, so that a saved
+    and reloaded copy trains the same way. ``model`` is left as it was."""
+    keep = sorted(set(int(i) for i in keep))
+    n = len(model.blocks)
+    if not keep or keep[0] < 0 or keep[-1] >= n:
+        raise ValueError(f"keep: give at least one block index in 0..{n - 1}, got {keep}")
+    pruned = copy.deepcopy(model)
+    widths = model.cfg.widths()
+    pruned.blocks = nn.ModuleList(pruned.blocks[i] for i in keep)
+    rates = torch.linspace(0, model.cfg.drop_path_rate, len(keep)).tolist()
+    for block, rate in zip(_blocks(pruned), rates):
+        block.drop_path.p = rate
+    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "depth": len(keep),
+                                    "block_widths": tuple(tuple(widths[i]) for i in keep),
+                                    "head_dim": model.cfg.head_width})
+    setattr(pruned, "provenance", {})
+    return pruned
+
+
+def prune_tokenizer_channels(model: VisionTransformer, keep: Iterable[int]) -> VisionTransformer:
+    """A copy of ``model`` whose conv tokenizer keeps channels ``keep`` of its first
+    convolution; its config records the new ``conv_channels``. ``model`` is left as it was."""
+    convs = [m for m in model.patch_embed.modules() if isinstance(m, nn.Conv2d)]
+    if model.cfg.tokenizer != "conv" or len(convs) < 2:
+        raise ValueError("only a conv tokenizer with two or more convolutions has channels "
+                         "that can go (the last one's are the tokens' width)")
+    index = torch.as_tensor(sorted(set(int(i) for i in keep)), dtype=torch.long)
+    c = convs[0].out_channels
+    if len(index) == 0 or index.min() < 0 or index.max() >= c:
+        raise ValueError(f"channels: keep between 1 and {c} indices in 0..{c - 1}, got {index.tolist()}")
+    pruned = copy.deepcopy(model)
+    first, second = [m for m in pruned.patch_embed.modules() if isinstance(m, nn.Conv2d)][:2]
+    for conv, dim in ((first, 0), (second, 1)):
+        conv.weight = nn.Parameter(conv.weight.detach().index_select(dim, index).clone()
+                                   .contiguous(memory_format=torch.channels_last))
+        if dim == 0:
+            conv.out_channels = len(index)
+            if conv.bias is not None:
+                conv.bias = nn.Parameter(conv.bias.detach()[index].clone())
+        else:
+            conv.in_channels = len(index)
+    channels = (len(index), *model.cfg.conv_channels[1:])
+    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "conv_channels": channels,
+                                    "head_dim": model.cfg.head_width})
     setattr(pruned, "provenance", {})
     return pruned
 
