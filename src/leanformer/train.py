@@ -13,6 +13,10 @@ recorded on another machine can be priced here (images seen / images per second)
 
 Reproducibility: every random draw of epoch ``e`` comes from generators seeded with
 ``(seed, e)``, so a run resumed at epoch ``e`` continues exactly as an uninterrupted one would.
+
+Under ``torchrun`` the same loop trains in several processes (``leanformer.distributed``): the
+recipe's batch stays the global batch, each process takes its share, and the gradients are
+averaged by ``DistributedDataParallel``; in one process nothing of that runs.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checkpoint
+from . import checkpoint, distributed
 from .augment import augment, auto_augment, check_auto_augment_policy, mix
 from .convnet import ConvNet, ConvNetConfig, whiten_init_
 from .data import CIFAR10, batches
@@ -216,6 +220,13 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
     # Plain tqdm draws a text bar in a terminal and in a notebook alike, and needs no widgets.
     from tqdm import tqdm
 
+    world = distributed.world()  # one process alone unless torchrun started a group
+    if world.size > 1 and 0 < len(data.train_labels) % recipe.batch_size < world.size:
+        raise RecipeError(f"the last batch of an epoch ({len(data.train_labels) % recipe.batch_size} "
+                          f"images) has fewer images than the {world.size} processes; change the "
+                          "batch size or the number of processes")
+    progress = progress and world.is_main
+
     if recipe.auto_augment:  # fail before building anything, not at the first batch
         check_auto_augment_policy(recipe.auto_augment)
     device = torch.device(device or default_device())
@@ -260,10 +271,15 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
         if progress:
             print(f"Resumed from {state_path} after epoch {start_epoch}")
 
+    # Wrapped after a resume has loaded the weights; it starts by sending rank 0's to the others.
+    trained = model if world.size == 1 else nn.parallel.DistributedDataParallel(model)
     for epoch in range(start_epoch, recipe.epochs):
         model.train()
-        torch.manual_seed(recipe.seed * 100_003 + epoch)  # dropout and drop-path
+        torch.manual_seed((recipe.seed * 100_003 + epoch) * world.size + world.rank)  # dropout, drop-path
         gen = torch.Generator().manual_seed(recipe.seed * 100_003 + epoch)  # order, augmentation
+        # In a group the order stays shared (gen) and each process augments with its own draws.
+        own = gen if world.size == 1 else torch.Generator().manual_seed(
+            (recipe.seed * 100_003 + epoch) * world.size + world.rank + 1)
         seen, loss_sum, correct = 0, 0.0, 0
         t0 = time.perf_counter()
         bar = tqdm(batches(data.train_images, data.train_labels, recipe.batch_size, True, gen),
@@ -274,8 +290,13 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             lr = lr_at(step, total_steps, warmup_steps, recipe.lr)
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            loss, logits, batch = _train_step(recipe, model, optimizer, scaler, loss_fn,
-                                              x, y, gen, precision, device)
+            weight = 1.0
+            if world.size > 1:  # this process's share of the global batch
+                part = distributed.shard(len(y), world)
+                weight = distributed.loss_weight(part.stop - part.start, len(y), world)
+                x, y = x[part], y[part]
+            loss, logits, batch = _train_step(recipe, trained, optimizer, scaler, loss_fn,
+                                              x, y, own, precision, device, weight)
             y, y_other, lam = batch.labels, batch.other_labels, batch.lam
             if lookahead:
                 lookahead.step(model, step)
@@ -287,8 +308,18 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
         if lookahead and epoch + 1 == recipe.epochs:
             lookahead.finish(model)  # the model becomes the average
         train_time = time.perf_counter() - t0
-        test_acc, test_loss = evaluate(model, data.test_images, data.test_labels,
-                                       precision=precision, device=device)
+        if world.size > 1:  # the whole epoch's counts, and the test images split like a batch
+            totals = distributed.all_sum([seen, loss_sum, correct], world)
+            seen, correct, loss_sum = int(totals[0]), int(totals[2]), totals[1]
+            part = distributed.shard(len(data.test_labels), world)
+            n = part.stop - part.start
+            acc, test_loss = evaluate(model, data.test_images[part], data.test_labels[part],
+                                      precision=precision, device=device)
+            right, loss_total = distributed.all_sum([acc * n, test_loss * n], world)
+            test_acc, test_loss = right / len(data.test_labels), loss_total / len(data.test_labels)
+        else:
+            test_acc, test_loss = evaluate(model, data.test_images, data.test_labels,
+                                           precision=precision, device=device)
         history.append(dict(epoch=epoch + 1, train_loss=loss_sum / seen, train_acc=correct / seen,
                             test_loss=test_loss, test_acc=test_acc, lr=lr,
                             images_per_s=seen / train_time, epoch_time_s=time.perf_counter() - t0))
@@ -297,7 +328,7 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
             print(f"epoch {h['epoch']:3d}  train loss {h['train_loss']:.3f} acc {h['train_acc']:.3f}  "
                   f"test loss {h['test_loss']:.3f} acc {h['test_acc']:.4f}  "
                   f"{h['images_per_s']:.0f} img/s  {h['epoch_time_s']:.0f} s", flush=True)
-        if state_path:
+        if state_path and world.is_main:
             checkpoint.save_state(state_path, dict(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), history=history,
                 epoch=epoch + 1, recipe=recipe.to_dict(), run=identity,
@@ -311,9 +342,11 @@ def fit(recipe: Recipe, data: CIFAR10, state_path: str | Path | None = None, res
 def _train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimizer,
                 scaler: Any, loss_fn: LossFn, x: torch.Tensor, y: torch.Tensor,
                 gen: torch.Generator, precision: Precision,
-                device: torch.device) -> tuple[torch.Tensor, torch.Tensor, Batch]:
+                device: torch.device, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, Batch]:
     """One step of ``fit``: augment and mix the batch, run the model and the loss, step
-    the optimizer. Returns (loss, logits, the batch as the loss saw it)."""
+    the optimizer. Returns (loss, logits, the batch as the loss saw it). ``weight``
+    multiplies the loss that is differentiated (``distributed.loss_weight``), not the one
+    returned."""
     x = augment(x, gen, recipe.crop_padding, recipe.flip, recipe.cutout)
     if recipe.auto_augment:
         x = auto_augment(x, recipe.auto_augment)
@@ -326,12 +359,13 @@ def _train_step(recipe: Recipe, model: nn.Module, optimizer: torch.optim.Optimiz
         logits = model(batch.images)
         loss = loss_fn(logits, batch)
     optimizer.zero_grad(set_to_none=True)
+    weighted = loss if weight == 1.0 else loss * weight
     if scaler:
-        scaler.scale(loss).backward()
+        scaler.scale(weighted).backward()
         scaler.step(optimizer)
         scaler.update()
     else:
-        loss.backward()
+        weighted.backward()
         optimizer.step()
     return loss, logits, batch
 
@@ -382,6 +416,7 @@ def training_record(recipe: Recipe, data: CIFAR10, history: list[dict[str, float
         "train_images_seen": len(history) * len(data.train_labels),
         "train_wall_time_s": sum(h["epoch_time_s"] for h in history),
         "machine": machine_info(),
+        "world_size": distributed.world().size,  # processes that trained it (torchrun)
         "history": history,
         "parameters": count_parameters(model),
         "arch": arch_of(model),

@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from torch import nn
 
-from .. import checkpoint
+from .. import checkpoint, distributed
 from ..distill import DistillationLoss, sweep, sweep_settings
 from ..evaluate import accuracies_with_tta, evaluate
 from ..families import arch_of
@@ -113,7 +115,14 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe = get_recipe(args.recipe, **{k: v for k, v in overrides.items() if v is not None})
     model_path, state_path = _out_paths(args.out, recipe.name)
     _refuse_to_overwrite(model_path, state_path, args.resume, args.force)
-    if args.resume and not state_path.exists():
+    world = distributed.init_from_env()  # under torchrun: this process's rank in the group
+    if world.size > 1:
+        # Every rank has read the files above before rank 0 may replace them.
+        distributed.barrier(world)
+        if world.is_main:
+            print(f"{world.size} processes (torch.distributed, {dist.get_backend()}), "
+                  f"{torch.get_num_threads()} threads each; global batch {recipe.batch_size}")
+    if args.resume and not state_path.exists() and world.is_main:
         print(f"no training state at {state_path} to resume: starting afresh")
 
     start = checkpoint.load_model(args.init) if args.init else None
@@ -141,7 +150,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         qat = dict(getattr(start, "qat"))  # the scheme prepare_qat_ put on the model
     data = _data(args.data)
     model, history = fit(recipe, data, state_path=state_path, resume=args.resume, model=start,
-                         loss_fn=loss_fn)
+                         loss_fn=loss_fn, device=distributed.device_for(world))
+    distributed.close(world)
+    if not world.is_main:  # rank 0 alone scores and writes the model
+        return
     if qat:  # save the float weights; the quantized model is rebuilt from them (intx_quantize)
         convert_qat_(model)
         quantized = intx_quantize(model, qat["weight_bits"], qat["group_size"], qat["activations"])
