@@ -2,8 +2,8 @@
 the commands by what they do in the modules beside it.
 
     training  train, distill-sweep: the commands that train
-    models    prune, sparsity-sweep, quantize, evaluate, costs, ledger: the commands that read
-              model files
+    models    prune, sparsity-sweep, quantize, evaluate, costs, ledger, serve: the commands that
+              read model files
     data      make-subset: the command that writes a data file
     shared    what the commands share: UsageError, reading the data, provenance, saving a model
               with its .json
@@ -24,7 +24,7 @@ from ..prune import SCORES  # the choices a flag offers come from the package
 from ..recipes import RecipeError
 from .data import cmd_make_subset
 from .models import (_quantize_paths, cmd_costs, cmd_evaluate, cmd_ledger, cmd_prune, cmd_quantize,
-                     cmd_sparsity_sweep)
+                     cmd_serve, cmd_sparsity_sweep)
 from .shared import UsageError
 from .training import _qat_group_default, cmd_distill_sweep, cmd_train
 
@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the JSON file to write")
     p.add_argument("--save-dir", help="also save each fine-tuned sparse model there (sparse-NN.safetensors)")
     p.set_defaults(func=cmd_sparsity_sweep)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP (POST /predict, GET /health), "
+                                     "with dynamic batching")
+    p.add_argument("model", metavar="MODEL", help="a .safetensors model file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=32, help="largest batch (1: no batching)")
+    p.add_argument("--max-wait-ms", type=float, default=2.0,
+                   help="longest a request waits for others to join its batch")
+    p.add_argument("--max-queue", type=int, default=256,
+                   help="requests that may wait; beyond them the server answers 503 at once")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("prune", help="remove attention heads, MLP units and whole blocks by importance; "
                                      "writes a smaller model")

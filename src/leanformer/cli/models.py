@@ -1,12 +1,13 @@
 """The commands that read a model file and write a smaller one or a measurement of it:
 ``prune`` (remove heads and MLP units), ``sparsity-sweep`` (zero weights at several sparsities
 and fine-tune each), ``quantize`` (an int8 file), ``evaluate`` (test accuracy), ``costs``
-(models side by side) and ``ledger`` (every shipped model in every served form, lesson 08)."""
+(models side by side), ``ledger`` (every shipped model in every served form, lesson 08) and
+``serve`` (a model behind HTTP, lesson 09)."""
 import argparse
 import json
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from ..checkpoint import CheckpointError, load_model
 from ..evaluate import accuracies_with_tta, evaluate
@@ -20,6 +21,7 @@ from ..prune import (GRADIENT_SCORES, drop_blocks_by_loss, highest_within, prune
 from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
 from ..record import record_predictions, recorded_accuracy, test_set_sha256
+from ..serve import create_app
 from .shared import UsageError, _command, _data, _data_sha256, _save_with_json
 
 
@@ -63,6 +65,26 @@ def cmd_prune(args: argparse.Namespace) -> None:
               f"{len(extra['tokenizer_channel_scores'])} channels of the tokenizer's first convolution")
     print(f"kept heads {record['kept_heads']} and {len(record['kept_units'][0])} MLP units per block ({args.score} score); "
           f"wrote {args.out} (sha256 {sha[:12]}…)")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import torch
+    import uvicorn
+
+    if args.max_batch < 1 or args.max_queue < 1 or args.max_wait_ms < 0:
+        raise UsageError("--max-batch and --max-queue must be at least 1, --max-wait-ms at least 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model)
+    app = create_app(model, Path(args.model).stem, max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
+    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health); "
+          f"batches of up to {args.max_batch}, waiting up to {args.max_wait_ms:g} ms; "
+          f"{torch.get_num_threads()} threads", flush=True)
+    # On SIGTERM or Ctrl-C uvicorn stops accepting, lets the accepted requests finish, then
+    # the app's shutdown answers whatever is still queued.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                timeout_graceful_shutdown=30)
 
 
 def cmd_sparsity_sweep(args: argparse.Namespace) -> None:
