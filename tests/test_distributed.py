@@ -1,7 +1,6 @@
 """Training under torchrun: two processes on the CPU (gloo) take the same steps as one process
 with the whole batch, and the ``train`` command trains, resumes after a kill and records its
 world size. Each torchrun start costs a few seconds of imports; the slices are small."""
-import json
 import os
 import subprocess
 import sys
@@ -15,19 +14,15 @@ from safetensors.torch import load_file
 
 from leanformer import distributed, load_model, scaling
 from leanformer.distributed import World
+from leanformer.distributed_check import launch
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 SUBSET = Path(__file__).resolve().parents[1] / "data" / "cifar10-subset.tar.gz"
 
 
-def _run_check(tmp_path, processes, *flags):
-    out = tmp_path / f"w{processes}{''.join(flags)}.safetensors"
-    cmd = TORCHRUN + ["--nproc-per-node", str(processes), "-m", "leanformer.distributed_check",
-                      "--data", str(SUBSET), "--out", str(out), *flags]
-    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert run.returncode == 0, run.stderr[-3000:]
-    return load_file(out), json.loads(out.with_suffix(".json").read_text())
+def _run_check(tmp_path, processes, **options):
+    name = "-".join(f"{k}{v}" for k, v in options.items())
+    return launch(processes, tmp_path / f"w{processes}-{name}.safetensors", SUBSET, threads=1, **options)
 
 
 def test_shards_cover_a_batch_and_the_weights_make_the_global_mean():
@@ -71,8 +66,8 @@ def test_two_processes_take_the_same_five_steps_as_one(tmp_path):
     gradient, so two half batches leave the weights that one whole batch does, to rounding.
     A tensor whose gradient is zero in exact arithmetic (the attention pool's bias: a softmax
     cancels it) holds rounding alone, below 1e-9, and is checked absolutely."""
-    one, rec1 = _run_check(tmp_path, 1, "--optimizer", "sgd")
-    two, rec2 = _run_check(tmp_path, 2, "--optimizer", "sgd")
+    one, rec1 = _run_check(tmp_path, 1, optimizer="sgd")
+    two, rec2 = _run_check(tmp_path, 2, optimizer="sgd")
     assert rec1["world_size"] == 1 and rec2["world_size"] == 2 and rec2["threads"] == 1
     assert len(rec2["losses"]) == 5
     for name, w in one.items():
@@ -89,8 +84,8 @@ def test_two_processes_take_the_same_five_steps_as_one(tmp_path):
 def test_with_augmentation_two_processes_follow_the_same_loss_curve(tmp_path):
     """Each process draws its own crops, flips and mixing, so the curves are not equal but the
     same within noise: 20 steps of 128, mean loss over the last ten within 0.1 of each other."""
-    _, rec1 = _run_check(tmp_path, 1, "--augment", "--steps", "20", "--batch-size", "128")
-    _, rec2 = _run_check(tmp_path, 2, "--augment", "--steps", "20", "--batch-size", "128")
+    _, rec1 = _run_check(tmp_path, 1, augment=True, steps=20, batch_size=128)
+    _, rec2 = _run_check(tmp_path, 2, augment=True, steps=20, batch_size=128)
     late1, late2 = sum(rec1["losses"][10:]) / 10, sum(rec2["losses"][10:]) / 10
     assert late1 < rec1["losses"][0] - 0.05 and late2 < rec2["losses"][0] - 0.05  # both learn
     assert abs(late1 - late2) < 0.1

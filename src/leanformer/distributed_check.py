@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
@@ -92,6 +96,28 @@ def main(argv: list[str] | None = None) -> None:
         atomic_write(out.with_suffix(".json"),
                      lambda tmp: tmp.write_text(json.dumps(record, indent=1)))
     distributed.close(world)
+
+
+def launch(processes: int, out: str | os.PathLike, data: str | os.PathLike, threads: int | None = None,
+           **options: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Run this check in ``processes`` processes (torchrun, standalone on this machine) with
+    ``threads`` threads each (default: the cores shared out), wait for it, and return the
+    weights and the record it wrote to ``out``. ``options`` are its flags, ``steps=5`` for
+    ``--steps 5`` and ``augment=True`` for ``--augment``. A failed run raises RuntimeError
+    with the end of what it printed."""
+    from safetensors.torch import load_file
+
+    threads = threads or max(1, (os.cpu_count() or 1) // processes)
+    flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
+             for k, v in options.items() if v is not False]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           f"--nproc-per-node={processes}", "-m", "leanformer.distributed_check",
+           "--data", str(data), "--out", str(out), *flags]
+    run = subprocess.run(cmd, capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    if run.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{run.stderr[-3000:]}")
+    return load_file(str(out)), json.loads(Path(out).with_suffix(".json").read_text())
 
 
 def _time_allreduce(values: int, world: distributed.World, repeats: int = 10) -> list[float]:
