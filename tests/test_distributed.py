@@ -10,9 +10,10 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
+from conftest import tiny_vit
 from safetensors.torch import load_file
 
-from leanformer import distributed, load_model, scaling
+from leanformer import distributed, load_model, save_model, scaling
 from leanformer.distributed import World
 from leanformer.distributed_check import launch
 
@@ -109,23 +110,30 @@ def small_folder(tmp_path_factory, subset):
     return root
 
 
-def _train(folder, out, *flags):
+def _train(folder, out, teacher, *flags):
     return TORCHRUN + ["--nproc-per-node", "2", "-m", "leanformer", "train", "--recipe", "quick",
-                       "--epochs", "4", "--data", str(folder), "--out", str(out), *flags]
+                       "--epochs", "4", "--data", str(folder), "--out", str(out),
+                       "--teacher", str(teacher), *flags]
 
 
 def test_train_under_torchrun_resumes_after_a_kill_to_the_same_weights(tmp_path, small_folder):
+    """A distillation run (the teacher asked in every process) in two processes: it records its
+    world size, and killed after its first epoch and resumed, it ends where an unbroken run does."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    teacher = tmp_path / "teacher.safetensors"
+    save_model(tiny_vit(seed=1), teacher)
     whole = tmp_path / "whole.safetensors"
-    run = subprocess.run(_train(small_folder, whole), capture_output=True, text=True, timeout=180, env=env)
+    run = subprocess.run(_train(small_folder, whole, teacher), capture_output=True, text=True,
+                         timeout=180, env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 processes (torch.distributed, gloo)" in run.stdout
     model = load_model(whole)
     assert model.provenance["world_size"] == 2 and model.provenance["epochs"] == 4
+    assert model.provenance["teacher"]["path"] == str(teacher)
 
     killed = tmp_path / "killed.safetensors"
     state = killed.with_suffix(".last.pt")
-    proc = subprocess.Popen(_train(small_folder, killed), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_train(small_folder, killed, teacher), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env)
     deadline = time.monotonic() + 120
     while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
@@ -136,7 +144,7 @@ def test_train_under_torchrun_resumes_after_a_kill_to_the_same_weights(tmp_path,
         p.kill()
     proc.wait()
     assert state.exists() and not killed.exists(), "the run ended before it could be killed"
-    resumed = subprocess.run(_train(small_folder, killed, "--resume"), capture_output=True,
+    resumed = subprocess.run(_train(small_folder, killed, teacher, "--resume"), capture_output=True,
                              text=True, timeout=180, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Resumed from" in resumed.stdout
