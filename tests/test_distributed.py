@@ -58,6 +58,9 @@ def test_step_time_on_paper_splits_compute_and_adds_or_overlaps_the_traffic():
     # Half efficiency holds while 1/N + (N - 1)/N * 1e-3 <= 2/N, that is up to N = 1001.
     assert scaling.largest_useful(1.0, 1_000_000, 64.0, max_processes=10_000) == 1001
     assert scaling.largest_useful(1.0, 10**9, 1.0, max_processes=64) == 1  # 64 s of traffic
+    # Sending overtakes computing where (N - 1)/N * 1e-3 >= 1/N, that is at N = 1001
+    assert scaling.sending_overtakes(1.0, 1_000_000, 64.0, max_processes=2000) == 1001
+    assert scaling.sending_overtakes(1.0, 1_000_000, 64.0, max_processes=1000) is None
     with pytest.raises(ValueError, match="positive"):
         scaling.step_seconds(1.0, 10, 2, 0.0)
 

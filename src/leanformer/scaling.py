@@ -53,3 +53,15 @@ def largest_useful(compute_s: float, parameters: int, gbit_per_s: float, max_pro
         if compute_s / t >= efficiency * n:
             best = n
     return best
+
+
+def sending_overtakes(compute_s: float, parameters: int, gbit_per_s: float, max_processes: int,
+                      latency_s: float = 0.0) -> int | None:
+    """The smallest N up to ``max_processes`` at which a step's all-reduce takes at least as
+    long as its share of the computing (t_compute / N), or None if it never does: from there
+    on, perfect overlap could hide no more of it."""
+    for n in range(2, max_processes + 1):
+        send = step_seconds(compute_s, parameters, n, gbit_per_s, latency_s) - compute_s / n
+        if send >= compute_s / n:
+            return n
+    return None
