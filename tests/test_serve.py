@@ -209,6 +209,29 @@ def test_a_thousand_bad_requests_and_an_overload_burst_leave_it_serving(server):
         assert status == 200 and reply["index"] == int(p.argmax())
 
 
+def test_loadgen_drives_the_server_over_http_and_every_answer_is_right(server):
+    """MLPerf's server scenario through HTTP: 16 client threads send each query as it arrives,
+    the server batches them; every answer is the class the model gives that image."""
+    from leanformer.loadgen import http_predict, run_scenario
+
+    _, port, predict = server
+    pixels, bodies = _good_requests(50)
+    want = _expected(predict, pixels).argmax(1).tolist()
+    send = http_predict(f"http://127.0.0.1:{port}/predict", bodies)
+    got = {}
+
+    def checked(indices):
+        for i, answer in zip(indices, send(indices)):
+            got.setdefault(i, set()).add(answer)
+
+    r = run_scenario(checked, 50, "server", target_qps=200, clients=16, min_duration_ms=500,
+                     min_query_count=100)
+    assert r.samples_per_s > 100 and set(r.batches) == {1}
+    assert got and all(answers == {want[i]} for i, answers in got.items())
+    with pytest.raises(ValueError, match="http://host:port/predict"):
+        http_predict("localhost:8000", bodies)
+
+
 def _health(port):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", "/health")
@@ -244,3 +267,4 @@ def test_on_shutdown_every_accepted_request_is_answered(server):
     assert answered, "the server stopped before answering any request"
     assert all(r["index"] == int(p.argmax()) for r, p in answered)
     assert received == sum(s in (200, 503) for s, _ in replies)  # each one received was answered
+

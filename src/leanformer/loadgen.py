@@ -77,14 +77,18 @@ def read_summary(text: str, scenario: str) -> LoadResult:
 def run_scenario(predict: Callable[[Sequence[int]], object], n_samples: int, scenario: str, *,
                  target_qps: float = 100.0, latency_bound_ms: float = 100.0,
                  max_batch: int = 1, max_wait_ms: float = 0.0, min_duration_ms: int = 1000,
-                 min_query_count: int = 100, seed: int = 0,
+                 min_query_count: int = 100, seed: int = 0, clients: int = 0,
                  folder: str | Path | None = None) -> LoadResult:
     """Drive ``predict`` (answers a list of test-image indices) with LoadGen in ``scenario``:
     ``server`` at ``target_qps`` queries a second, with ``latency_bound_ms`` as the bound its
     99th percentile is held to; ``single-stream`` and ``offline`` as MLPerf defines them.
     Runs last at least ``min_duration_ms`` and ``min_query_count`` queries (MLPerf's own
     minimums are 10 minutes and more; a shorter run is reported INVALID for that reason alone
-    only where LoadGen's early-stopping rule cannot vouch for it)."""
+    only where LoadGen's early-stopping rule cannot vouch for it).
+
+    ``clients`` > 0 replaces the batching worker by that many threads, each sending one query
+    at a time as soon as it is issued (``predict`` gets one index): the SUT of a server that
+    batches for itself, such as ``python -m leanformer serve`` behind ``http_predict``."""
     import mlperf_loadgen as lg
 
     if scenario not in SCENARIOS:
@@ -123,8 +127,20 @@ def run_scenario(predict: Callable[[Sequence[int]], object], n_samples: int, sce
         for q in samples:
             waiting.put(q)
 
-    thread = threading.Thread(target=worker, name="sut", daemon=True)
-    thread.start()
+    def one_by_one() -> None:
+        while (q := waiting.get()) is not None:
+            try:
+                predict([q.index])
+            except BaseException as e:  # noqa: BLE001 - reported after the run
+                errors.append(e)
+            batches.append(1)
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(q.id, 0, 0)])
+        waiting.put(None)  # the next thread stops too
+
+    threads = [threading.Thread(target=one_by_one if clients else worker, name=f"sut-{i}",
+                                daemon=True) for i in range(max(1, clients))]
+    for thread in threads:
+        thread.start()
     settings = lg.TestSettings()
     settings.scenario = {"single-stream": lg.TestScenario.SingleStream,
                          "server": lg.TestScenario.Server,
@@ -148,7 +164,8 @@ def run_scenario(predict: Callable[[Sequence[int]], object], n_samples: int, sce
             lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
         finally:
             waiting.put(None)
-            thread.join()
+            for thread in threads:
+                thread.join()
             lg.DestroyQSL(qsl)
             lg.DestroySUT(sut)
         if errors:
@@ -156,3 +173,39 @@ def run_scenario(predict: Callable[[Sequence[int]], object], n_samples: int, sce
         result = read_summary((out / "mlperf_log_summary.txt").read_text(), scenario)
     result.batches = batches
     return result
+
+
+def http_predict(url: str, bodies: Sequence[bytes], content_type: str = "image/png",
+                 timeout: float = 60.0) -> Callable[[Sequence[int]], list[int]]:
+    """A ``predict`` for ``run_scenario(..., clients=N)`` that POSTs test image ``i`` (``bodies[i]``)
+    to ``url`` (``http://host:port/predict``) for each index and returns the answers' classes.
+    A refusal (503) or any other status raises, so that the run reports it."""
+    import http.client
+    import json
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.hostname or not parts.port:
+        raise ValueError(f"give the server's address as http://host:port/predict, got {url!r}")
+    host, port, path = parts.hostname, parts.port, parts.path or "/predict"
+    local = threading.local()  # one kept-alive connection per client thread
+
+    def predict(indices: Sequence[int]) -> list[int]:
+        answers = []
+        for i in indices:
+            if getattr(local, "conn", None) is None:
+                local.conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            try:
+                local.conn.request("POST", path, body=bodies[i],
+                                   headers={"Content-Type": content_type})
+                response = local.conn.getresponse()
+                reply = response.read()
+            except (OSError, http.client.HTTPException):
+                local.conn.close()
+                local.conn = None
+                raise
+            if response.status != 200:
+                raise RuntimeError(f"{url} answered {response.status}: {reply[:200]!r}")
+            answers.append(int(json.loads(reply)["index"]))
+        return answers
+    return predict
