@@ -68,6 +68,8 @@ ENTRIES: tuple[Entry, ...] = (
           "lesson 04: 2 heads and 128 MLP units a block, fine-tuned with the reference"),
     Entry("student", "distill/student-kd.safetensors",
           "lesson 06: half the reference's width, distilled from it"),
+    Entry("student, 50 epochs", "distill/student-kd-cnn50.safetensors",
+          "the student distilled from the ConvNet for 50 epochs instead of 20"),
     Entry("distilled ViT", "distill/vit-kd-scratch.safetensors",
           "lesson 06: the reference's size, distilled from the ConvNet"),
     Entry("distilled ViT, pruned 2h64u", "stacks/vit-kd-2h64u.safetensors",
@@ -76,6 +78,12 @@ ENTRIES: tuple[Entry, ...] = (
           "the distilled ViT cut to 1 head and 128 MLP units, fine-tuned with the ConvNet"),
     Entry("distilled ViT, pruned 1h64u", "stacks/vit-kd-1h64u.safetensors",
           "the distilled ViT cut to 1 head and 64 MLP units, fine-tuned with the ConvNet"),
+    Entry("distilled ViT, pruned 1h128u, 3 blocks", "stacks/vit-kd-1h128u-3b.safetensors",
+          "the distilled ViT cut to 3 of its 4 blocks, 1 head and 128 MLP units each, "
+          "fine-tuned with the ConvNet"),
+    Entry("distilled ViT, pruned 1h128u, 2 blocks", "stacks/vit-kd-1h128u-2b.safetensors",
+          "the distilled ViT cut to 2 of its 4 blocks, 1 head and 128 MLP units each, "
+          "fine-tuned with the ConvNet"),
 )
 BASELINE: tuple[str, Form] = ("reference", "fp32")  # the row every speed-up divides by, named before timing
 
