@@ -14,6 +14,7 @@ from conftest import tiny_vit
 from safetensors.torch import load_file
 
 from leanformer import distributed, load_model, save_model, scaling
+from leanformer.data import write_folders
 from leanformer.distributed import World
 from leanformer.distributed_check import launch
 
@@ -99,18 +100,7 @@ def test_with_augmentation_two_processes_follow_the_same_loss_curve(tmp_path):
 def small_folder(tmp_path_factory, subset):
     """1,000 training and 100 test images of the shipped subset as class folders: epochs of
     a second or so, long enough to kill a run inside one."""
-    from PIL import Image
-
-    from leanformer.data import CLASSES
-
-    root = tmp_path_factory.mktemp("small-cifar")
-    for split, images, labels, every in (("train", subset.train_images, subset.train_labels, 5),
-                                         ("test", subset.test_images, subset.test_labels, 100)):
-        for i in range(0, len(labels), every):
-            folder = root / split / CLASSES[int(labels[i])]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(images[i].permute(1, 2, 0).numpy()).save(folder / f"{i}.png")
-    return root
+    return write_folders(subset, tmp_path_factory.mktemp("small-cifar"), 1000, 100)
 
 
 def _train(folder, out, teacher, *flags):

@@ -121,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
         distributed.barrier(world)
         if world.is_main:
             print(f"{world.size} processes (torch.distributed, {dist.get_backend()}), "
-                  f"{torch.get_num_threads()} threads each; global batch {recipe.batch_size}")
+                  f"{torch.get_num_threads()} thread(s) each; global batch {recipe.batch_size}")
     if args.resume and not state_path.exists() and world.is_main:
         print(f"no training state at {state_path} to resume: starting afresh")
 
