@@ -105,7 +105,7 @@ def small_folder(tmp_path_factory, subset):
 
 def _train(folder, out, teacher, *flags):
     return TORCHRUN + ["--nproc-per-node", "2", "-m", "leanformer", "train", "--recipe", "quick",
-                       "--epochs", "4", "--data", str(folder), "--out", str(out),
+                       "--epochs", "3", "--data", str(folder), "--out", str(out),
                        "--teacher", str(teacher), *flags]
 
 
@@ -121,7 +121,7 @@ def test_train_under_torchrun_resumes_after_a_kill_to_the_same_weights(tmp_path,
     assert run.returncode == 0, run.stderr[-3000:]
     assert "2 processes (torch.distributed, gloo)" in run.stdout
     model = load_model(whole)
-    assert model.provenance["world_size"] == 2 and model.provenance["epochs"] == 4
+    assert model.provenance["world_size"] == 2 and model.provenance["epochs"] == 3
     assert model.provenance["teacher"]["path"] == str(teacher)
 
     killed = tmp_path / "killed.safetensors"
