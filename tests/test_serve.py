@@ -162,6 +162,12 @@ def server(tmp_path_factory):
         proc.wait()
 
 
+def _health(port):
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/health")
+    return json.loads(conn.getresponse().read())
+
+
 def _good_requests(n):
     pixels = RNG.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     return pixels, [encoded(p) for p in pixels]
@@ -182,9 +188,7 @@ def test_concurrent_clients_each_get_their_own_images_answer(server):
         assert reply["index"] == int(p.argmax())
         got = torch.tensor(list(reply["probabilities"].values()))
         torch.testing.assert_close(got, p, atol=2e-6, rtol=0)
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/health")
-    health = json.loads(conn.getresponse().read())
+    health = _health(port)
     assert health["status"] == "ok" and health["answered"] >= 64 and health["largest_batch"] > 1
 
 
@@ -230,12 +234,6 @@ def test_loadgen_drives_the_server_over_http_and_every_answer_is_right(server):
     assert got and all(answers == {want[i]} for i, answers in got.items())
     with pytest.raises(ValueError, match="http://host:port/predict"):
         http_predict("localhost:8000", bodies)
-
-
-def _health(port):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    conn.request("GET", "/health")
-    return json.loads(conn.getresponse().read())
 
 
 def test_on_shutdown_every_accepted_request_is_answered(server):

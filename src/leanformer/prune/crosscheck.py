@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..model import VisionTransformer
-from .structured import _blocks
+from .structured import _blocks, reconfigured
 
 
 def prune_with_torch_pruning(model: VisionTransformer, heads: int, units: int) -> VisionTransformer:
@@ -40,11 +40,7 @@ def prune_with_torch_pruning(model: VisionTransformer, heads: int, units: int) -
         b.attn.num_heads = pruner.num_heads[b.attn.qkv]
         b.attn.attn_dim = b.attn.num_heads * b.attn.head_dim
     widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in blocks)
-    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
-                                    "head_dim": model.cfg.head_width})
-    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
-    setattr(pruned, "provenance", {})
-    return pruned
+    return reconfigured(pruned, model, block_widths=widths)
 
 
 def kept_by(original: VisionTransformer, pruned: VisionTransformer) -> tuple[list[list[int]], list[list[int]]]:

@@ -254,11 +254,7 @@ def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels:
     of a block, which cannot go). Costs one pass over ``images`` per head, so it suits a model
     with few heads."""
     was_training = model.training
-
-    def loss_of(m: nn.Module) -> float:
-        return _mean_loss(m, images, labels, batch_size)
-
-    base = loss_of(model)
+    base = _mean_loss(model, images, labels, batch_size)
     blocks = _blocks(model)
     all_heads = [list(range(b.attn.num_heads)) for b in blocks]
     all_units = [list(range(b.mlp.fc1.out_features)) for b in blocks]
@@ -270,7 +266,8 @@ def drop_one_head_losses(model: VisionTransformer, images: torch.Tensor, labels:
                 row.append(float("nan"))
                 continue
             keep = [hs if j != i else [k for k in hs if k != h] for j, hs in enumerate(all_heads)]
-            row.append(loss_of(prune_model(model, keep, all_units)) - base)
+            row.append(_mean_loss(prune_model(model, keep, all_units), images, labels,
+                                  batch_size) - base)
         losses.append(torch.tensor(row))
     model.train(was_training)
     return losses

@@ -42,6 +42,18 @@ def _blocks(model: VisionTransformer) -> list[Block]:
     return blocks
 
 
+def reconfigured(pruned: VisionTransformer, source: VisionTransformer,
+                 **changes: object) -> VisionTransformer:
+    """``pruned`` (a pruned copy of ``source``) given ``source``'s config with ``changes`` and
+    the head width pinned, so that ``save_model`` and ``load_model`` rebuild it, and an empty
+    provenance: its record is written by whoever saves it."""
+    pruned.cfg = type(source.cfg)(**{**source.cfg.to_dict(), **changes,
+                                     "head_dim": source.cfg.head_width})
+    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
+    setattr(pruned, "provenance", {})
+    return pruned
+
+
 def prune_linear(layer: nn.Linear, index: torch.Tensor | Sequence[int], dim: int) -> nn.Linear:
     """A new ``nn.Linear`` that keeps the output rows (``dim=0``) or input columns (``dim=1``) of
     ``layer`` listed in ``index``. The bias belongs to the rows, so it is sliced only with them."""
@@ -110,11 +122,7 @@ def prune_model(model: VisionTransformer, keep_heads: Sequence[Iterable[int]],
         prune_heads_(block.attn, heads)
         prune_mlp_(block.mlp, units)
     widths = tuple((b.attn.num_heads, b.mlp.fc1.out_features) for b in _blocks(pruned))
-    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "block_widths": widths,
-                                    "head_dim": model.cfg.head_width})
-    # A plain attribute: torch types nn.Module.__setattr__ for tensors and modules only.
-    setattr(pruned, "provenance", {})
-    return pruned
+    return reconfigured(pruned, model, block_widths=widths)
 
 
 def drop_blocks(model: VisionTransformer, keep: Iterable[int]) -> VisionTransformer:
@@ -132,11 +140,8 @@ def drop_blocks(model: VisionTransformer, keep: Iterable[int]) -> VisionTransfor
     rates = torch.linspace(0, model.cfg.drop_path_rate, len(keep)).tolist()
     for block, rate in zip(_blocks(pruned), rates):
         block.drop_path.p = rate
-    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "depth": len(keep),
-                                    "block_widths": tuple(tuple(widths[i]) for i in keep),
-                                    "head_dim": model.cfg.head_width})
-    setattr(pruned, "provenance", {})
-    return pruned
+    return reconfigured(pruned, model, depth=len(keep),
+                        block_widths=tuple(tuple(widths[i]) for i in keep))
 
 
 def prune_tokenizer_channels(model: VisionTransformer, keep: Iterable[int]) -> VisionTransformer:
@@ -161,11 +166,7 @@ def prune_tokenizer_channels(model: VisionTransformer, keep: Iterable[int]) -> V
                 conv.bias = nn.Parameter(conv.bias.detach()[index].clone())
         else:
             conv.in_channels = len(index)
-    channels = (len(index), *model.cfg.conv_channels[1:])
-    pruned.cfg = type(model.cfg)(**{**model.cfg.to_dict(), "conv_channels": channels,
-                                    "head_dim": model.cfg.head_width})
-    setattr(pruned, "provenance", {})
-    return pruned
+    return reconfigured(pruned, model, conv_channels=(len(index), *model.cfg.conv_channels[1:]))
 
 
 def keep_top(scores: list[torch.Tensor], n_keep: int) -> list[list[int]]:
