@@ -17,7 +17,9 @@ Three parts, each usable alone:
 ``create_app``
     the FastAPI application: ``POST /predict`` (the image as the request's body, its
     ``Content-Type`` image/png, image/jpeg or application/octet-stream) answers the class and
-    the probabilities of all ten; ``GET /health`` says the server is up and how it batches.
+    the probabilities of all ten; ``GET /health`` says the server is up, how it batches, what it
+    has done, and the CPU seconds its process has used (so that a load test can divide them by
+    the requests answered).
 
 FastAPI reads the annotations of the handlers at run time to know what a parameter is (a
 ``Request`` is the request itself); this module therefore keeps Python's own evaluation of
@@ -26,6 +28,7 @@ annotations, without ``from __future__ import annotations``.
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -94,9 +97,12 @@ def decode_image(body: bytes, content_type: str) -> torch.Tensor:
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()
 
 
-def classifier(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A function from a uint8 batch (B, 3, 32, 32) to class probabilities (B, 10) by ``model``."""
-    model.eval()
+def classifier(model: nn.Module | Callable[[torch.Tensor], torch.Tensor]
+               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function from a uint8 batch (B, 3, 32, 32) to class probabilities (B, 10) by ``model``:
+    a module, or any function from float images in [0, 1] to logits (``export.Runner``)."""
+    if isinstance(model, nn.Module):
+        model.eval()
 
     def predict(images: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -207,7 +213,7 @@ class Batcher:
                     self._queue.task_done()
 
 
-def create_app(model: nn.Module, name: str = "model", classes: Sequence[str] = CLASSES,
+def create_app(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], name: str = "model", classes: Sequence[str] = CLASSES,
                max_batch: int = 32, max_wait_ms: float = 2.0, max_queue: int = 256) -> Any:
     """The FastAPI application serving ``model`` (see the module's docstring)."""
     from fastapi import FastAPI, Request
@@ -233,7 +239,8 @@ def create_app(model: nn.Module, name: str = "model", classes: Sequence[str] = C
                 "max_wait_ms": max_wait_ms, "max_queue": max_queue,
                 "batches": batcher.stats.batches, "answered": batcher.stats.answered,
                 "refused": batcher.stats.refused, "largest_batch": batcher.stats.largest,
-                "received": batcher.stats.received}
+                "received": batcher.stats.received,
+                "cpu_s": time.process_time()}  # the server's CPU time, all its threads
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
