@@ -23,6 +23,7 @@ SUBSET_PATH = REPO_ROOT / "data" / "cifar10-subset.tar.gz"
 CHECKPOINTS = REPO_ROOT / "checkpoints"
 # The reference model that lesson 03 trains and every compression lesson starts from.
 REFERENCE = CHECKPOINTS / "reference.safetensors"
+SERVING_RECORD = CHECKPOINTS / "serving.json"  # lesson 09's measurements (leanformer.deploy)
 
 
 def is_quick() -> bool:

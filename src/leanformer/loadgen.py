@@ -44,9 +44,11 @@ class LoadResult:
     latency_ms: dict[str, float]  # "min", "mean", "p50", "p90", "p95", "p99", "max"
     batches: list[int] = field(default_factory=list)  # the size of every batch the SUT ran
     summary: str = ""
+    scheduled_per_s: float = 0.0  # server: the rate LoadGen actually issued (Poisson draws)
 
     def to_dict(self) -> dict[str, Any]:
         return {"scenario": self.scenario, "valid": self.valid, "samples_per_s": self.samples_per_s,
+                "scheduled_per_s": self.scheduled_per_s,
                 "latency_ms": self.latency_ms, "batches": len(self.batches),
                 "largest_batch": max(self.batches, default=0)}
 
@@ -71,7 +73,8 @@ def read_summary(text: str, scenario: str) -> LoadResult:
         raise ValueError("not a LoadGen summary: no samples-per-second or 'Result is' line")
     latency = {name: float(values[k]) / 1e6 for k, name in _LATENCY.items() if k in values}
     return LoadResult(scenario, values["Result is"] == "VALID", float(values[rate_key]), latency,
-                      summary=text)
+                      summary=text,
+                      scheduled_per_s=float(values.get("Scheduled samples per second", 0)))
 
 
 def run_scenario(predict: Callable[[Sequence[int]], object], n_samples: int, scenario: str, *,

@@ -18,13 +18,14 @@ import sys
 from typing import NoReturn
 
 from ..checkpoint import CheckpointError
+from ..config import SERVING_RECORD as SERVING_DEFAULT
 from ..ledger import LEDGER as LEDGER_DEFAULT
 from ..data import DataError
 from ..prune import SCORES  # the choices a flag offers come from the package
 from ..recipes import RecipeError
 from .data import cmd_make_subset
 from .models import (_quantize_paths, cmd_costs, cmd_evaluate, cmd_ledger, cmd_prune, cmd_quantize,
-                     cmd_serve, cmd_sparsity_sweep)
+                     cmd_serve, cmd_serving, cmd_sparsity_sweep)
 from .shared import UsageError
 from .training import _qat_group_default, cmd_distill_sweep, cmd_train
 
@@ -133,7 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve a model over HTTP (POST /predict, GET /health), "
                                      "with dynamic batching")
-    p.add_argument("model", metavar="MODEL", help="a .safetensors model file")
+    p.add_argument("model", metavar="MODEL", help="a .safetensors model file, or a file from "
+                   "leanformer.export (.onnx, .pt2)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-batch", type=int, default=32, help="largest batch (1: no batching)")
@@ -203,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=str(LEDGER_DEFAULT), help="the ledger to write (JSON; its "
                    "predictions go beside it)")
     p.set_defaults(func=cmd_ledger)
+
+    p = sub.add_parser("serving", help="lesson 09's measurements: the served model in every export "
+                       "format, MLPerf LoadGen's scenarios in process and through HTTP, the edge")
+    p.add_argument("--data", required=True, help="CIFAR-10 path: its test images score every file "
+                   "and are the queries, its training images calibrate int8")
+    p.add_argument("--rounds", type=_positive_int, default=5, help="interleaved timing rounds")
+    p.add_argument("--duration-ms", type=_positive_int, default=3000,
+                   help="the length of each LoadGen run")
+    p.add_argument("--out", default=str(SERVING_DEFAULT), help="the JSON record to write")
+    p.set_defaults(func=cmd_serving)
 
     p = sub.add_parser("make-subset", help="derive the shipped subset from a class-folder .tar.gz")
     p.add_argument("source")

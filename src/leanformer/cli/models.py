@@ -11,6 +11,7 @@ from typing import Any
 
 from ..checkpoint import CheckpointError, load_model
 from ..evaluate import accuracies_with_tta, evaluate
+from ..export import load_runner
 from ..files import atomic_write, sha256_file
 from ..ledger import measure_ledger, write_ledger
 from ..machine import machine_info
@@ -75,8 +76,11 @@ def cmd_serve(args: argparse.Namespace) -> None:
         raise UsageError("--max-batch and --max-queue must be at least 1, --max-wait-ms at least 0")
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    app = create_app(model, Path(args.model).stem, max_batch=args.max_batch,
+    path = Path(args.model)
+    # A .safetensors checkpoint is rebuilt by leanformer; an exported file (.onnx, .pt2 from
+    # leanformer.export) is served as it is.
+    model = load_model(path) if path.suffix == ".safetensors" else load_runner(path)
+    app = create_app(model, path.stem, max_batch=args.max_batch,
                      max_wait_ms=args.max_wait_ms, max_queue=args.max_queue)
     print(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /health); "
           f"batches of up to {args.max_batch}, waiting up to {args.max_wait_ms:g} ms; "
@@ -221,3 +225,23 @@ def cmd_ledger(args: argparse.Namespace) -> None:
         print(f"{name:>44}: {cost['test_acc']:.2%}, "
               f"{cost['throughput']['median']:,.0f} images/s at batch {cost['batch_size']}")
     print(f"wrote {out} and its predictions on {record['machine']}")
+
+
+def cmd_serving(args: argparse.Namespace) -> None:
+    from ..deploy import measure_serving
+
+    data = _data(args.data)
+    record = measure_serving(data, rounds=args.rounds, duration_ms=args.duration_ms)
+    record["command"] = _command(args)
+    for fmt, row in record["formats"].items():
+        print(f"{fmt:>18}: {row['accuracy']:.2%}, agrees on {row['agreement']:.2%}, "
+              f"{row['images_per_s']['median']:,.0f} images/s, p90 {row['latency_ms']['p90']:.2f} ms")
+    for tests in record["load"]:
+        for where in ("in_process", "http"):
+            for sweep in tests[where]:
+                print(f"{tests['name']}, {where}, batch {sweep['max_batch']}, wait "
+                      f"{sweep['max_wait_ms']:g} ms: {sweep['best_qps']:,.0f} requests/s "
+                      f"within p99 {sweep['bound_ms']:g} ms")
+    text = json.dumps(record, indent=1) + "\n"
+    atomic_write(Path(args.out), lambda tmp: Path(tmp).write_text(text))
+    print(f"wrote {args.out} on {record['machine']} in {record['wall_time_s']:.0f} s")
