@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def launch(processes: int, out: str | os.PathLike, data: str | os.PathLike, threads: int | None = None,
            **options: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Run this check in ``processes`` processes (torchrun, standalone on this machine) with
+    """Run this check in ``processes`` processes (torchrun, standalone on this machine; one
+    process is started directly) with
     ``threads`` threads each (default: the cores shared out), wait for it, and return the
     weights and the record it wrote to ``out``. ``options`` are its flags, ``steps=5`` for
     ``--steps 5`` and ``augment=True`` for ``--augment``. A failed run raises RuntimeError
@@ -110,8 +111,11 @@ def launch(processes: int, out: str | os.PathLike, data: str | os.PathLike, thre
     threads = threads or max(1, (os.cpu_count() or 1) // processes)
     flags = [f"--{k.replace('_', '-')}" if v is True else f"--{k.replace('_', '-')}={v}"
              for k, v in options.items() if v is not False]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={processes}", "-m", "leanformer.distributed_check",
+    # One process runs the check directly: under torchrun it would start no process group
+    # either (WORLD_SIZE 1), so it computes the same, without the launcher's own process.
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc-per-node={processes}"] if processes > 1 else [sys.executable])
+    cmd = [*launcher, "-m", "leanformer.distributed_check",
            "--data", str(data), "--out", str(out), *flags]
     run = subprocess.run(cmd, capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
