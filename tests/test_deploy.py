@@ -8,7 +8,11 @@ import pytest
 import torch
 from conftest import small, tiny_vit
 
-from leanformer.deploy import measure_formats, rate_sweep, read_serving
+from leanformer.config import CHECKPOINTS, SERVING_RECORD
+from leanformer.deploy import SERVING_FORMATS, measure_formats, rate_sweep, read_serving
+from leanformer.export import FORMATS
+from leanformer.files import sha256_file
+from leanformer.record import test_set_sha256
 
 
 def test_the_sweep_stops_where_a_one_at_a_time_system_saturates():
@@ -58,3 +62,25 @@ def test_a_record_of_another_kind_is_refused(tmp_path):
     path.write_text(json.dumps({"format": "leanformer-ledger/1"}))
     with pytest.raises(ValueError, match="not a serving record"):
         read_serving(path)
+
+
+def test_the_shipped_serving_record_is_whole_and_of_the_shipped_models(subset):
+    record = read_serving(SERVING_RECORD)
+    assert record["test_set_sha256"] == test_set_sha256(subset)  # the same 10,000 test images
+    for key in ("served", "edge"):
+        assert sha256_file(CHECKPOINTS / record[key]["file"]) == record[key]["sha256"], key
+    assert set(record["formats"]) == {"eager", *FORMATS}
+    labels = subset.test_labels  # the shipped subset holds the same 10,000 test images
+    for fmt, row in {**record["formats"], **record["edge_formats"]}.items():
+        classes = torch.tensor(row["classes"])
+        assert len(classes) == record["test_images"] == len(labels), fmt
+        assert (classes == labels).float().mean().item() == pytest.approx(row["accuracy"]), fmt
+    assert record["serving_format"] in SERVING_FORMATS
+    names = [t["name"] for t in record["load"]]
+    assert names == ["eager PyTorch", record["serving_format"]]
+    for t in record["load"]:
+        for sweep in t["in_process"] + t["http"]:
+            held = [p["completed_qps"] for p in sweep["points"]
+                    if p["p99_ms"] <= sweep["bound_ms"]
+                    and p["completed_qps"] >= 0.95 * p["issued_qps"]]
+            assert sweep["best_qps"] == max(held, default=0.0)
