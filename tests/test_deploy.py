@@ -12,7 +12,7 @@ from leanformer.config import CHECKPOINTS, SERVING_RECORD
 from leanformer.deploy import SERVING_FORMATS, measure_formats, rate_sweep, read_serving
 from leanformer.export import FORMATS
 from leanformer.files import sha256_file
-from leanformer.record import test_set_sha256
+from leanformer import record as records
 
 
 def test_the_sweep_stops_where_a_one_at_a_time_system_saturates():
@@ -66,7 +66,7 @@ def test_a_record_of_another_kind_is_refused(tmp_path):
 
 def test_the_shipped_serving_record_is_whole_and_of_the_shipped_models(subset):
     record = read_serving(SERVING_RECORD)
-    assert record["test_set_sha256"] == test_set_sha256(subset)  # the same 10,000 test images
+    assert record["test_set_sha256"] == records.test_set_sha256(subset)  # the same images
     for key in ("served", "edge"):
         assert sha256_file(CHECKPOINTS / record[key]["file"]) == record[key]["sha256"], key
     assert set(record["formats"]) == {"eager", *FORMATS}
