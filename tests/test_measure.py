@@ -323,3 +323,13 @@ def test_paired_sentence_says_the_difference_its_interval_and_whether_it_is_chan
     assert (close.only_a, close.only_b) == (40, 20)
     said = paired_sentence(close, "a", "b", alpha=0.01)
     assert said.endswith("within what chance could give.")
+
+
+def test_a_spread_percentile_interpolates_as_numpy_does():
+    import numpy as np
+
+    values = [5.0, 1.0, 4.0, 2.5, 3.0, 9.0, 7.5]
+    spread = Spread.of(values)
+    for q in (0, 10, 50, 90, 99, 100):
+        assert spread.percentile(q) == pytest.approx(float(np.percentile(values, q)))
+    assert spread.percentile(50) == spread.median

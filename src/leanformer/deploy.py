@@ -45,7 +45,7 @@ from .checkpoint import load_model
 from .config import CHECKPOINTS, SERVING_RECORD
 from .data import CIFAR10
 from .evaluate import predict
-from .export import FORMATS, Runner, cold_start, export_model, file_bytes, load_runner
+from .export import FORMATS, cold_start, export_model, file_bytes, load_runner
 from .files import sha256_file
 from .loadgen import LoadResult, http_predict, run_scenario
 from .machine import machine_info
@@ -65,13 +65,9 @@ BATCHING = ((1, 0.0), (8, 2.0), (32, 5.0))
 SERVING_FORMATS = ("aoti", "onnx", "onnx-int8-static")  # any batch size, no compiling at start
 
 
-def _percentile(values: Sequence[float], q: float) -> float:
-    return float(torch.quantile(torch.tensor(list(values), dtype=torch.float64), q))
-
-
 def _timing(latency: Spread, throughput: Spread) -> dict[str, Any]:
-    return {"latency_ms": {"p50": _percentile(latency.samples, 0.5),
-                           "p90": _percentile(latency.samples, 0.9), "n": latency.n,
+    return {"latency_ms": {"p50": latency.percentile(50),
+                           "p90": latency.percentile(90), "n": latency.n,
                            "samples": list(latency.samples)},
             "images_per_s": {"median": throughput.median, "min": throughput.min,
                              "max": throughput.max, "samples": list(throughput.samples)}}
@@ -98,7 +94,7 @@ def measure_formats(model: nn.Module, data: CIFAR10, folder: Path, calibration: 
     for fmt in ("eager", *formats):
         if fmt == "eager":
             row: dict[str, Any] = {"file_bytes": None, "export_s": 0.0}
-            runners[fmt] = lambda x: model(x)
+            runners[fmt] = model
         else:
             path = folder / f"model-{fmt}{'.onnx' if fmt.startswith('onnx') else '.pt2'}"
             t0 = time.perf_counter()
@@ -192,7 +188,7 @@ def serving_process(model_file: str | Path, max_batch: int = 32, max_wait_ms: fl
     command = [sys.executable, "-m", "leanformer", "serve", str(model_file), "--port", str(port),
                "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms),
                "--max-queue", str(max_queue), "--threads", str(threads)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
     deadline = time.monotonic() + timeout_s
     try:

@@ -212,23 +212,17 @@ def detect_format(path: str | os.PathLike) -> str:
     if head[:2] == b"PK":  # a zip archive: a .pt2 program or package
         try:
             with zipfile.ZipFile(path) as z:
-                names = z.namelist()
+                if any("/aotinductor/" in n for n in z.namelist()):
+                    return "aoti"
+                graphs = [z.read(n) for n in z.namelist() if n.endswith("model.json")]
         except zipfile.BadZipFile as e:
             raise CheckpointError(f"{path} is not a readable .pt2 archive ({e}).") from None
-        if any("/aotinductor/" in n for n in names):
-            return "aoti"
-        return "pt2e-int8" if _is_quantized_program(path) else "exported"
+        # PT2E's int8 graph quantizes and dequantizes with these operators; a float one does not
+        return "pt2e-int8" if any(b"quantized_decomposed" in g for g in graphs) else "exported"
     if path.suffix == ".onnx":
         return "onnx"
     raise CheckpointError(f"{path} is neither a .pt2 archive nor an .onnx file; export the model "
                           f"with export_model(model, path, fmt), fmt one of {', '.join(FORMATS)}.")
-
-
-def _is_quantized_program(path: Path) -> bool:
-    import zipfile
-    with zipfile.ZipFile(path) as z:
-        return any(b"quantized_decomposed" in z.read(n) for n in z.namelist()
-                   if n.endswith("model.json") or n.endswith("/models/model.json"))
 
 
 def load_runner(path: str | os.PathLike, fmt: str | None = None) -> Runner:
@@ -256,16 +250,9 @@ def _torch_runner(module: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[t
 
 
 def _load_program(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
-    from .quantize.safety import _refuse_code_in_program
+    from .quantize.safety import load_program
 
-    blob = path.read_bytes()
-    _refuse_code_in_program(path, blob)
-    try:
-        program = torch.export.load(io.BytesIO(blob))
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable exported program "
-                              f"({type(e).__name__}: {e}).") from None
-    return _torch_runner(program.module())
+    return _torch_runner(load_program(path, path.read_bytes()).module())
 
 
 def _load_pt2e(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:

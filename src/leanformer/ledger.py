@@ -280,7 +280,6 @@ def ledger_frame(record: dict[str, Any], predictions: dict[str, torch.Tensor],
     (rounds paired), batch-1 latency p50 and p90 over every timed call, and the training the
     model needed in minutes and PFLOPs, its own run and with what it started from and its
     teachers (``lineage``), and the processors those runs ran on."""
-    import numpy as np
     import pandas as pd
 
     rows = record["rows"]
@@ -297,7 +296,6 @@ def ledger_frame(record: dict[str, Any], predictions: dict[str, torch.Tensor],
         right = predictions[name] == labels
         paired = paired_comparison(right, base_right)
         speed = ratio_interval(cost.throughput, base_speed)
-        latency = np.array(cost.latency_ms.samples)
         runs = row["training"]
         flops = [r.get("flops") for r in runs]
         table[name] = {
@@ -307,8 +305,8 @@ def ledger_frame(record: dict[str, Any], predictions: dict[str, torch.Tensor],
             "MB": row["tensor_bytes"] / 1e6, "GFLOPs": gflops.get(row["model"]),
             "images/s": cost.throughput.median, "speed-up": speed[0],
             "speed-up low": speed[1], "speed-up high": speed[2],
-            "p50 (ms)": float(np.percentile(latency, 50)),
-            "p90 (ms)": float(np.percentile(latency, 90)),
+            "p50 (ms)": cost.latency_ms.percentile(50),
+            "p90 (ms)": cost.latency_ms.percentile(90),
             "training (min)": runs[0]["seconds"] / 60 if runs else 0.0,
             "with start and teachers (min)": sum(r["seconds"] for r in runs) / 60,
             "training PFLOPs": (sum(f for f in flops if f is not None) / 1e15

@@ -58,6 +58,15 @@ class Spread:
             q1 = q3 = ordered[0]
         return cls(statistics.median(ordered), q1, q3, ordered[0], ordered[-1], len(ordered), measured)
 
+    def percentile(self, q: float) -> float:
+        """The ``q``-th percentile (0-100) of the samples, interpolated linearly between the
+        two nearest (p50 is the median; MLPerf's single-stream figure is p90)."""
+        ordered = sorted(self.samples)
+        at = (len(ordered) - 1) * q / 100
+        low = int(at)
+        high = min(low + 1, len(ordered) - 1)
+        return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
     def overlaps(self, other: Spread) -> bool:
         """Whether the two ranges (min to max) share any value: two timings that overlap are not
         told apart by this measurement."""

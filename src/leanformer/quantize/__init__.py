@@ -13,7 +13,8 @@ training, and saving and loading each result. One module per job, from the botto
     compiled     compile_for_cpu and the CompiledForCPU wrapper it returns
     library      the torchao, legacy and PT2E paths, PATHS and quantize_model
     qat          quantization-aware training, the intx model built from its weights and its IntxScheme
-    safety       the checks that a .pt2 file holds nothing that could run code
+    safety       the checks that a .pt2 file holds nothing that could run code, and
+                 load_program, which reads it only after them
     saving       save_quantized, load_quantized and the file format
 
 How a technique is called, here as in ``prune``, ``distill`` and ``precision``:
@@ -42,6 +43,7 @@ from .library import (PATHS, TORCHAO_CONFIGS, has_legacy_quantize_dynamic, legac
                       torchao_quantize)
 from .qat import (IntxScheme, convert_qat_, intx_quantize, intx_scheme, prepare_qat_,
                   qat_configs)
+from .safety import load_program
 from .saving import QFORMAT, load_quantized, save_quantized, tensor_bytes_in_file
 
 __all__ = [
@@ -61,6 +63,8 @@ __all__ = [
     # qat
     "qat_configs", "prepare_qat_", "convert_qat_", "intx_scheme", "IntxScheme",
     "intx_quantize",
+    # safety
+    "load_program",
     # saving
     "QFORMAT", "save_quantized", "load_quantized", "tensor_bytes_in_file",
 ]

@@ -1,6 +1,6 @@
 """What in an exported program file (``.pt2``) could run code when ``torch.export.load`` reads
-it: such a file is refused before torch sees it. (A ``.pt`` file is read with ``weights_only=True``
-instead, in ``saving``.)"""
+it: such a file is refused before torch sees it (``load_program``). (A ``.pt`` file is read with
+``weights_only=True`` instead, in ``saving``.)"""
 from __future__ import annotations
 
 import io
@@ -64,6 +64,18 @@ def _refuse_code_in_program(path: Path, blob: bytes) -> None:
         raise CheckpointError(f"{path} holds {problem}, which could run code when torch.export.load reads "
                               "it; the file was not loaded. save_quantized writes exported programs without "
                               "any: re-export the model with pt2e_quantize and save it with save_quantized.")
+
+
+def load_program(path: Path, blob: bytes) -> torch.export.ExportedProgram:
+    """The exported program in ``blob`` (the bytes of the file ``path``), read by
+    ``torch.export.load`` only once ``_refuse_code_in_program`` has passed it; a file torch
+    cannot read is a ``CheckpointError`` too."""
+    _refuse_code_in_program(path, blob)
+    try:
+        return torch.export.load(io.BytesIO(blob))
+    except Exception as e:
+        raise CheckpointError(f"{path} is not a readable exported program "
+                              f"({type(e).__name__}: {e}).") from None
 
 
 def _code_in_program(archive: zipfile.ZipFile) -> str | None:

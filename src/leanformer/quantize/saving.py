@@ -21,7 +21,7 @@ from ..model import ViTConfig, VisionTransformer
 from .compiled import _example
 from .library import TORCHAO_CONFIGS, legacy_quantize_dynamic, torchao_quantize
 from .qat import IntxScheme, intx_quantize, intx_scheme
-from .safety import _refuse_code_in_program
+from .safety import load_program
 
 
 QFORMAT = "leanformer-quantized/1"
@@ -206,15 +206,10 @@ def _check_fits(path: Path, expected: dict[str, Any], saved: dict[str, Any]) -> 
 
 
 def _load_exported(path: Path, blob: bytes) -> tuple[nn.Module, dict[str, Any]]:
-    """The module of an exported program (``.pt2``), once ``_refuse_code_in_program`` passed it."""
+    """The module of an exported program (``.pt2``), read by ``safety.load_program``."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval
 
-    _refuse_code_in_program(path, blob)
-    try:
-        program = torch.export.load(io.BytesIO(blob))
-    except Exception as e:
-        raise CheckpointError(f"{path} is not a readable exported program ({type(e).__name__}: {e}).") from None
-    module = program.module()
+    module = load_program(path, blob).module()
     allow_exported_model_train_eval(module)
     record = {"path": "pt2e", "kind": "int8-static"}
     setattr(module, "quantization", record)
