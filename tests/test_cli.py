@@ -345,6 +345,32 @@ def test_evaluate_reports_accuracy_and_source_as_json(tmp_path, make_tiny_vit):
     assert result["weights_sha256"] == load_model(path).weights_sha256
 
 
+def test_evaluate_scores_and_records_the_intx_form(tmp_path, tiny_folder, make_tiny_vit, capsys):
+    from leanformer import quantize as Q
+    from leanformer.data import load_cifar10
+    from leanformer.evaluate import evaluate, predict
+    from leanformer.record import recorded_predictions
+
+    path, record = tmp_path / "m.safetensors", tmp_path / "pred.safetensors"
+    save_model(make_tiny_vit(0), path)
+    model, data = load_model(path), load_cifar10(tiny_folder)
+    capsys.readouterr()
+    main(["evaluate", str(path), "--data", str(tiny_folder), "--intx-bits", "2", "--json",
+          "--record-predictions", str(record)])
+    result = json.loads(capsys.readouterr().out)
+    two_bit = Q.intx_quantize(model, 2, None)
+    assert result["form"] == "intx-w2-per-row-a8"
+    assert result["test_acc"] == pytest.approx(evaluate(two_bit, data.test_images,
+                                                        data.test_labels)[0])
+    form = Q.intx_form(2, None)
+    assert torch.equal(recorded_predictions(model, data, record, form),
+                       predict(two_bit, data.test_images).argmax(1))
+    assert recorded_predictions(model, data, record) is None  # not the float model's answers
+    code, err = fails(["evaluate", str(path), "--data", str(tiny_folder), "--intx-bits", "9"],
+                      capsys)
+    assert code == 2 and "--intx-bits" in err and "1 to 8" in err
+
+
 def test_evaluate_reports_a_missing_checkpoint_without_a_traceback(tmp_path):
     out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(tmp_path / "none")],
                          capture_output=True, text=True)

@@ -84,6 +84,32 @@ def test_recorded_predictions_stand_in_only_for_the_same_weights_and_test_set(
     assert torch.equal(recorded_predictions(model, data, path), classes)  # file untouched
 
 
+def test_a_form_is_recorded_apart_from_the_float_model(subset, make_tiny_vit, tmp_path):
+    """A model in a form (a quantized copy built by a named recipe) is keyed by the weights and
+    the form's name: its answers never stand in for the float model's, nor for another form's."""
+    import torch
+
+    from leanformer import quantize as Q
+    from leanformer.evaluate import predict
+    from leanformer.record import predicted_classes, record_predictions, recorded_predictions
+
+    path, data, model = tmp_path / "p.safetensors", small(subset), make_tiny_vit(0)
+    w2, w8 = Q.intx_form(2, None), Q.intx_form(8, None)
+    assert w2[0] == "intx-w2-per-row-a8" and Q.intx_form(4, 32, False)[0] == "intx-w4-g32"
+    floats = record_predictions(model, data, name="tiny", path=path)
+    assert recorded_predictions(model, data, path, w2) is None  # the float answers are not its
+    two_bit = record_predictions(model, data, name="tiny", path=path, form=w2)
+    assert torch.equal(two_bit, predict(Q.intx_quantize(model, 2, None), data.test_images)
+                       .argmax(1))
+    assert not torch.equal(two_bit, floats)  # 2-bit weights change some answers: a real form
+    assert torch.equal(recorded_predictions(model, data, path, w2), two_bit)
+    assert torch.equal(recorded_predictions(model, data, path), floats)  # both kept
+    assert recorded_predictions(model, data, path, w8) is None
+    assert torch.equal(predicted_classes(model, data, path, w8),
+                       predict(Q.intx_quantize(model, 8, None), data.test_images).argmax(1))
+    assert recorded_predictions(make_tiny_vit(1), data, path, w2) is None  # other weights
+
+
 def test_the_shipped_predictions_are_the_models_own(subset):
     """The shipped record holds the reference's predictions on the JPEG test set, and they are
     what a forward pass gives today (on a sample of 500 images: a near tie may flip between

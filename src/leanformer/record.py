@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -77,8 +77,23 @@ def recorded_accuracy(model_or_provenance: nn.Module | dict[str, Any], data: CIF
 # recorded accuracy: only for the very weights (their sha256) and the very test set (its digest)
 # it was made with. ``python -m leanformer evaluate MODEL --data PATH --record-predictions`` writes
 # it; each model is one uint8 tensor named by its weights' sha256 in one safetensors file.
+# A model may also be recorded in a *form* built from those weights by a fixed recipe (lesson
+# 05's 3-bit intx model, say: ``quantize.intx_form``): a ``Form`` is the recipe's name and the
+# function that builds it, and the record keys its answers by ``sha256:name``. The name must
+# say everything the function depends on.
 
 PREDICTIONS = CHECKPOINTS / "test-predictions.safetensors"
+
+# A form of a model: a name, and the function that builds the model in that form from the float
+# model (a quantized copy). The name keys the record, so it names every setting of the function.
+Form = tuple[str, Callable[[nn.Module], nn.Module]]
+
+
+def _record_key(model: nn.Module, form: Form | None) -> str | None:
+    digest = getattr(model, "weights_sha256", None)
+    if not isinstance(digest, str):  # a model without a weights digest (a quantized one)
+        return None
+    return digest if form is None else f"{digest}:{form[0]}"
 
 
 def _read_predictions(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -91,29 +106,39 @@ def _read_predictions(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
 
 
 def recorded_predictions(model: nn.Module, data: CIFAR10,
-                         path: str | os.PathLike = PREDICTIONS) -> torch.Tensor | None:
-    """The class a record says ``model`` predicts for each of ``data``'s test images (int64, one
-    per image), when the record was made with these weights on this test set; else None."""
-    digest = getattr(model, "weights_sha256", None)
-    if not isinstance(digest, str):  # a model without a weights digest (a quantized one)
+                         path: str | os.PathLike = PREDICTIONS,
+                         form: Form | None = None) -> torch.Tensor | None:
+    """The class a record says ``model`` (in ``form``, if given) predicts for each of ``data``'s
+    test images (int64, one per image), when the record was made with these weights, in this
+    form, on this test set; else None."""
+    key = _record_key(model, form)
+    if key is None:
         return None
     tensors, meta = _read_predictions(Path(path))
-    if digest not in tensors or meta.get("test_set_sha256") != test_set_sha256(data):
+    if key not in tensors or meta.get("test_set_sha256") != test_set_sha256(data):
         return None
-    return tensors[digest].long()
+    return tensors[key].long()
+
+
+def _predict_classes(model: nn.Module, data: CIFAR10, form: Form | None) -> torch.Tensor:
+    built = model if form is None else form[1](model)
+    return predict(built, data.test_images).argmax(1)
 
 
 def record_predictions(model: nn.Module, data: CIFAR10, name: str = "",
-                       path: str | os.PathLike = PREDICTIONS) -> torch.Tensor:
-    """Predict every test image of ``data`` with ``model`` (float32) and add the classes to the
-    record at ``path`` under the weights' sha256, atomically; returns them. A record made on
-    another test set is refused rather than mixed with this one."""
+                       path: str | os.PathLike = PREDICTIONS,
+                       form: Form | None = None) -> torch.Tensor:
+    """Predict every test image of ``data`` with ``model`` (float32, or built in ``form``) and
+    add the classes to the record at ``path`` under the weights' sha256 (and the form's name),
+    atomically; returns them. A record made on another test set is refused rather than mixed
+    with this one."""
     from safetensors.torch import save_file
 
-    digest = getattr(model, "weights_sha256", None)
-    if not isinstance(digest, str):
+    key = _record_key(model, form)
+    if key is None:
         raise ValueError("only a model with a weights digest (leanformer.load_model) can be "
-                         "recorded; a quantized model is measured in the run")
+                         "recorded; a quantized model is recorded as its float model and a "
+                         "form (record_predictions(model, data, form=quantize.intx_form(3)))")
     path = Path(path)
     tensors, meta = _read_predictions(path)
     test_set = test_set_sha256(data)
@@ -121,16 +146,20 @@ def record_predictions(model: nn.Module, data: CIFAR10, name: str = "",
         raise ValueError(f"{path} records predictions on another test set "
                          f"({meta['test_set_sha256'][:12]}…, this one is {test_set[:12]}…); "
                          "give another file")
-    classes = predict(model, data.test_images).argmax(1)
-    tensors[digest] = classes.to(torch.uint8).contiguous()
-    meta.update({"test_set_sha256": test_set, digest: name or digest[:12]})
+    classes = _predict_classes(model, data, form)
+    tensors[key] = classes.to(torch.uint8).contiguous()
+    label = name or key[:12]
+    meta.update({"test_set_sha256": test_set, key: label if form is None
+                 else f"{label}, {form[0]}"})
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
     return classes
 
 
 def predicted_classes(model: nn.Module, data: CIFAR10,
-                     path: str | os.PathLike = PREDICTIONS) -> torch.Tensor:
-    """Each test image's predicted class: from the record when it holds these weights on this
-    test set (``recorded_predictions``), else computed here (float32)."""
-    recorded = recorded_predictions(model, data, path)
-    return recorded if recorded is not None else predict(model, data.test_images).argmax(1)
+                      path: str | os.PathLike = PREDICTIONS,
+                      form: Form | None = None) -> torch.Tensor:
+    """Each test image's predicted class by ``model`` (in ``form``, if given): from the record
+    when it holds these weights in this form on this test set (``recorded_predictions``), else
+    computed here."""
+    recorded = recorded_predictions(model, data, path, form)
+    return recorded if recorded is not None else _predict_classes(model, data, form)

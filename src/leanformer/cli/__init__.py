@@ -176,6 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "test-predictions.safetensors", help="add the class predicted for each test "
                    "image to FILE (default checkpoints/test-predictions.safetensors), which "
                    "lessons read in place of the forward passes (leanformer.record)")
+    p.add_argument("--intx-bits", type=int, metavar="BITS", help="evaluate (and record) the "
+                   "model's torchao intx form instead: Linear weights to BITS bits, their "
+                   "inputs to int8 (leanformer.quantize.intx_form, lesson 05's QAT scheme)")
+    p.add_argument("--intx-group", type=int, default=0, metavar="N", help="with --intx-bits: "
+                   "weights in groups of N along each row, 0 for one scale per row (default)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("quantize", help="write an int8 file of a .safetensors model (leanformer.quantize)")

@@ -19,7 +19,7 @@ from ..measure import measure_costs, show_costs
 from ..model import VisionTransformer
 from ..prune import (GRADIENT_SCORES, drop_blocks_by_loss, highest_within, prune_by_score,
                      prune_tokenizer_by_score, sparsity_sweep)
-from ..quantize import PATHS, load_quantized, quantize_model, save_quantized
+from ..quantize import PATHS, intx_form, load_quantized, quantize_model, save_quantized
 from ..recipes import get_recipe
 from ..record import record_predictions, recorded_accuracy, test_set_sha256
 from ..serve import create_app
@@ -146,21 +146,34 @@ def _load(path):
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     model = _load(args.model)
+    quantized = getattr(model, "quantization", None)
+    form = None
+    if args.intx_bits is not None:
+        if quantized:
+            raise UsageError("--intx-bits builds a form of a float model (.safetensors); "
+                             f"{args.model} is quantized already")
+        try:
+            form = intx_form(args.intx_bits, args.intx_group)
+        except ValueError as e:
+            raise UsageError(f"--intx-bits/--intx-group: {e}") from None
     data = _data(args.data, verbose=not args.json)  # --json: standard output holds the JSON alone
-    acc, loss = evaluate(model, data.test_images, data.test_labels)
+    scored = model if form is None else form[1](model)
+    acc, loss = evaluate(scored, data.test_images, data.test_labels)
     result = {"model": str(args.model), "file_sha256": sha256_file(args.model),
               # a float model's weights digest; a quantized file is named by the file's own
-              "weights_sha256": None if getattr(model, "quantization", None) else model.weights_sha256,
-              "quantization": getattr(model, "quantization", None),
+              "weights_sha256": None if quantized else model.weights_sha256,
+              "quantization": quantized, "form": form[0] if form else None,
               "data_source": data.source, "test_images": len(data.test_labels), "test_acc": acc,
               "test_loss": loss}
     if args.tta:
-        result.update(accuracies_with_tta(model, data, modes=("flip", "flip-shift")))
+        result.update(accuracies_with_tta(scored, data, modes=("flip", "flip-shift")))
     if args.record_predictions:
         if result["weights_sha256"] is None:
-            raise UsageError("--record-predictions records a float model (.safetensors); "
-                             "a quantized model is measured where it is used")
-        record_predictions(model, data, name=Path(args.model).stem, path=args.record_predictions)
+            raise UsageError("--record-predictions records a float model (.safetensors), or "
+                             "its form with --intx-bits; a quantized file is measured where "
+                             "it is used")
+        record_predictions(model, data, name=Path(args.model).stem, path=args.record_predictions,
+                           form=form)
         result["predictions_recorded_in"] = args.record_predictions
     if args.json:
         print(json.dumps(result, indent=1))

@@ -12,7 +12,8 @@ training, and saving and loading each result. One module per job, from the botto
     fake         fake quantization of a model's weights and layer inputs; per-layer sensitivity
     compiled     compile_for_cpu and the CompiledForCPU wrapper it returns
     library      the torchao, legacy and PT2E paths, PATHS and quantize_model
-    qat          quantization-aware training, the intx model built from its weights and its IntxScheme
+    qat          quantization-aware training, the intx model built from its weights, its IntxScheme
+                 and intx_form (that model as a named form, for the record of test predictions)
     safety       the checks that a .pt2 file holds nothing that could run code, and
                  load_program, which reads it only after them
     saving       save_quantized, load_quantized and the file format
@@ -41,8 +42,8 @@ from .compiled import CompiledForCPU, compile_for_cpu
 from .library import (PATHS, TORCHAO_CONFIGS, has_legacy_quantize_dynamic, legacy_quantize_dynamic,
                       machine_int8_support, pt2e_quantize, quantize_model, torchao_config,
                       torchao_quantize)
-from .qat import (IntxScheme, convert_qat_, intx_quantize, intx_scheme, prepare_qat_,
-                  qat_configs)
+from .qat import (IntxScheme, convert_qat_, intx_form, intx_quantize, intx_scheme,
+                  prepare_qat_, qat_configs)
 from .safety import load_program
 from .saving import QFORMAT, load_quantized, save_quantized, tensor_bytes_in_file
 
@@ -62,7 +63,7 @@ __all__ = [
     "has_legacy_quantize_dynamic", "legacy_quantize_dynamic", "pt2e_quantize", "PATHS", "quantize_model",
     # qat
     "qat_configs", "prepare_qat_", "convert_qat_", "intx_scheme", "IntxScheme",
-    "intx_quantize",
+    "intx_quantize", "intx_form",
     # safety
     "load_program",
     # saving

@@ -4,7 +4,7 @@ low-bit (intx) quantized model built as a copy from its weights (``intx_quantize
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Callable, TypedDict, TypeVar
 
 import torch
 from torch import nn
@@ -90,6 +90,23 @@ def intx_scheme(weight_bits: int = 4, group_size: int | None = 32,
     if not isinstance(activations, bool):
         raise ValueError(f"activations must be True or False, got {activations!r}")
     return {"weight_bits": weight_bits, "group_size": group_size, "activations": activations}
+
+
+def intx_form(weight_bits: int = 4, group_size: int | None = 32, activations: bool = True
+              ) -> tuple[str, Callable[[nn.Module], nn.Module]]:
+    """``intx_quantize`` with these settings as a *form* of a model (``record.Form``): a name
+    that says every setting (``intx-w3-per-row-a8``) and the function that builds the quantized
+    copy. ``record.predicted_classes(model, data, form=intx_form(3, None))`` reads its answers
+    from the record of test predictions when it holds them."""
+    scheme = intx_scheme(weight_bits, group_size, activations)
+    group = f"g{scheme['group_size']}" if scheme["group_size"] else "per-row"
+    name = f"intx-w{weight_bits}-{group}" + ("-a8" if activations else "")
+
+    def build(model: nn.Module) -> nn.Module:
+        return intx_quantize(model, scheme["weight_bits"], scheme["group_size"],
+                             scheme["activations"])
+
+    return name, build
 
 
 def intx_quantize(model: nn.Module, weight_bits: int = 4, group_size: int | None = 32,
