@@ -333,13 +333,15 @@ def test_evaluate_names_a_file_it_cannot_read(tmp_path, capsys):
     assert "model.bin" in err and ".safetensors" in err
 
 
-def test_evaluate_reports_accuracy_and_source_as_json(tmp_path, make_tiny_vit):
+def test_evaluate_reports_accuracy_and_source_as_json(tmp_path, make_tiny_vit, tiny_folder):
+    """In a process of its own, so that standard output is the JSON alone (the default data,
+    the shipped subset in quick mode, is test_data's; the 40 test images here keep it short)."""
     path = tmp_path / "m.safetensors"
     save_model(make_tiny_vit(), path)
-    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json", "--tta"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "leanformer", "evaluate", str(path), "--json", "--tta",
+                          "--data", str(tiny_folder)], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout)  # the JSON alone: a file written with > is valid JSON
-    assert result["test_images"] == 10000 and "shipped subset" in result["data_source"]
+    assert result["test_images"] == 40 and str(tiny_folder) in result["data_source"]
     for key in ("test_acc", "test_acc_flip_tta", "test_acc_flip_shift_tta"):
         assert 0.0 <= result[key] <= 1.0
     assert result["weights_sha256"] == load_model(path).weights_sha256
