@@ -573,3 +573,28 @@ def test_flops_by_kind_splits_the_total_as_the_formulas_do():
     assert table.loc["Linear layers", "flops"] == linear
     assert table.loc["attention products (Q K^T, A V)", "flops"] == attention
     assert abs(table["share"].sum() - 1) < 1e-12
+
+
+def test_a_pt2e_model_put_in_eval_mode_leaves_the_compiler_caches_alone(monkeypatch):
+    """torchao's ``eval()`` on a PT2E graph exports its dropout patterns again, and that export
+    resets torch.compile's caches: every model compiled in the process would compile again on
+    its next call (in lesson 05, about ten seconds each). ``CompiledForCPU.train`` and
+    ``evaluate`` skip it, since an exported graph's mode was fixed when it was exported."""
+    import torch._dynamo
+
+    from leanformer.evaluate import evaluate
+
+    model = shared_tiny_vit(seed=0).eval()
+    images, labels = torch.rand(8, 3, 32, 32), torch.arange(8) % 10
+    pt2e = Q.pt2e_quantize(model, images)
+    compiled, _ = Q.compile_for_cpu(pt2e, batch_sizes=(8,))
+    resets: list[int] = []
+    monkeypatch.setattr(torch._dynamo, "reset", lambda *a, **k: resets.append(1))
+    compiled.eval()
+    compiled.train()
+    assert not compiled.training
+    evaluate(compiled, images, labels)
+    evaluate(pt2e, images, labels)
+    assert resets == []
+    pt2e.eval()  # torchao's own eval(), which the two above skip, does reset
+    assert resets

@@ -54,6 +54,14 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "flip") -> torch.T
 
 
 @torch.no_grad()
+def mode_is_fixed(model: nn.Module) -> bool:
+    """Whether ``model`` is an exported graph (a PT2E model, say), whose training or eval mode was
+    fixed when it was exported: ``eval()`` changes nothing it computes, and on a PT2E graph
+    torchao's ``eval()`` exports its dropout patterns again, which resets ``torch.compile``'s
+    caches and makes every compiled model in the process compile again. Callers skip it."""
+    return isinstance(model, torch.fx.GraphModule)
+
+
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
             precision: Precision = "fp32",
             device: str | torch.device | None = None, flip_tta: bool = False,
@@ -66,8 +74,9 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
     """
     tta = tta or ("flip" if flip_tta else "")
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    was_training, toggle = model.training, not mode_is_fixed(model)
+    if toggle:
+        model.eval()
     out = []
     for i in range(0, len(images), batch_size):
         x = images[i : i + batch_size]
@@ -75,7 +84,8 @@ def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
         x = x.to(device)
         with autocast(precision, device):
             out.append(tta_logits(model, x, tta).cpu())
-    model.train(was_training)
+    if toggle:
+        model.train(was_training)
     return torch.cat(out)
 
 

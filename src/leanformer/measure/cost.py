@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from ..evaluate import evaluate
+from ..evaluate import evaluate, mode_is_fixed
 from ..machine import machine_info
 from ..precision import resolve_precision
 from .flops import count_flops
@@ -160,7 +160,8 @@ def measure_costs(models: dict[str, nn.Module], data: LabelledTestSet | None = N
     machine = machine_info()
     costs, runs = {}, {}
     for name, model in models.items():
-        model.eval()
+        if not mode_is_fixed(model):
+            model.eval()
         cost = Cost(name, precision=prec[name], batch_size=batch_size, threads=torch.get_num_threads(),
                     machine=machine)
         quantized = _quantized_parts(model)

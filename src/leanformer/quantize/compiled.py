@@ -34,12 +34,16 @@ class CompiledForCPU(nn.Module):
         self.quantization: dict[str, Any] = getattr(model, "quantization", None) or {
             "path": "float", "kind": "fp32", "parameters": count_parameters(model)}
         self.provenance = getattr(model, "provenance", None)  # the training record, for measure_costs
-        super().train(False)
+        self.training = False
 
     def train(self, mode: bool = True) -> Self:
-        """Stays in eval mode: the graphs were compiled for inference, and switching the model
-        (its dropout, say) to training would make them compile again."""
-        return super().train(False)
+        """Stays in eval mode, and leaves the wrapped model alone: the graphs were compiled for
+        inference from a model already in eval mode. Passing the call on would cost more than
+        nothing: on a PT2E graph, torchao's ``eval()`` re-exports its dropout patterns, and
+        ``torch.export`` resets the compiler's caches, so that every compiled model in the
+        process compiles again on its next call."""
+        self.training = False
+        return self
 
     @property
     def uncompiled(self) -> nn.Module:
