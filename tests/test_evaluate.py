@@ -44,3 +44,17 @@ def test_flip_tta_is_the_flip_mode():
 
 def test_the_default_device_is_the_gpu_when_there_is_one():
     assert default_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_predict_builds_no_autograd_graph(make_tiny_vit):
+    """Predictions never record the operations for a backward pass: that would cost time and
+    memory for nothing (a model's weights require gradients while it trains)."""
+    import torch
+
+    from leanformer.evaluate import predict
+
+    model = make_tiny_vit(0).train()
+    assert all(p.requires_grad for p in model.parameters())
+    out = predict(model, torch.rand(4, 3, 32, 32))
+    assert not out.requires_grad and out.grad_fn is None
+    assert model.training  # the mode it was given back

@@ -53,7 +53,6 @@ def tta_logits(model: nn.Module, x: torch.Tensor, mode: str = "flip") -> torch.T
     return logits
 
 
-@torch.no_grad()
 def mode_is_fixed(model: nn.Module) -> bool:
     """Whether ``model`` is an exported graph (a PT2E model, say), whose training or eval mode was
     fixed when it was exported: ``eval()`` changes nothing it computes, and on a PT2E graph
@@ -62,6 +61,7 @@ def mode_is_fixed(model: nn.Module) -> bool:
     return isinstance(model, torch.fx.GraphModule)
 
 
+@torch.no_grad()
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500,
             precision: Precision = "fp32",
             device: str | torch.device | None = None, flip_tta: bool = False,
