@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -364,10 +365,13 @@ def measure_serving(data: CIFAR10, served: str = SERVED, edge: str = EDGE,
                         duration_ms, http)]
 
     edge_model = load_model(root / edge)
-    edge_rows = measure_formats(edge_model, data, Path(tempfile.mkdtemp(prefix="edge-")),
-                                calibration, ("onnx", "onnx-int8-static"), rounds, cold_threads=1)
+    edge_folder = Path(tempfile.mkdtemp(prefix="edge-"))
+    edge_rows = measure_formats(edge_model, data, edge_folder, calibration,
+                                ("onnx", "onnx-int8-static"), rounds, cold_threads=1)
     edge_rows["eager"]["file_bytes"] = (root / edge).stat().st_size
     torch.set_num_threads(threads)
+    for done in (folder, edge_folder):  # the exported files were measured
+        shutil.rmtree(done, ignore_errors=True)
 
     machine = machine_info()
     instance = closest_instance(machine, load_prices())

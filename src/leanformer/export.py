@@ -48,6 +48,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError
 from .files import atomic_write, sha256_file
+from .machine import machine_info
 
 FORMATS = ("exported", "aoti", "onnx", "onnx-int8-dynamic", "onnx-int8-static", "pt2e-int8")
 MAX_BATCH = 1024  # the largest batch an exported file accepts
@@ -95,7 +96,7 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str,
             package.replace(tmp)
         atomic_write(path, compile_to)
         manifest = {"format": "aoti", "sha256": sha256_file(path), "torch": torch.__version__,
-                    "built_on": _machine()}
+                    "built_on": machine_info()}
         atomic_write(_manifest(path), lambda tmp: tmp.write_text(json.dumps(manifest, indent=1)))
     elif fmt == "onnx":
         atomic_write(path, lambda tmp: torch.onnx.export(
@@ -104,11 +105,6 @@ def export_model(model: nn.Module, path: str | os.PathLike, fmt: str,
     else:
         _onnx_int8(model, path, fmt, calibration_images)
     return path
-
-
-def _machine() -> str:
-    from .machine import machine_info
-    return machine_info()
 
 
 def _manifest(path: Path) -> Path:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -226,6 +227,7 @@ def measure_ledger(data: CIFAR10, entries: Sequence[Entry] = ENTRIES,
     precision = {n: r["form"] for n, r in rows.items()}  # "int8" runs as it is
     costs = measure_costs(models, data, files=files, precision=precision,  # type: ignore[arg-type]
                           test_acc=accuracy, rounds=rounds)
+    shutil.rmtree(folder, ignore_errors=True)  # the files were measured
     for cost in costs:
         rows[cost.name]["cost"] = cost.to_dict()
     record = {"format": FORMAT, "machine": machine_info(), "threads": torch.get_num_threads(),

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from .data import CLASSES
+from .evaluate import mode_is_fixed
 
 IMAGE_TYPES = ("image/png", "image/jpeg")
 RAW_TYPE = "application/octet-stream"
@@ -101,7 +102,7 @@ def classifier(model: nn.Module | Callable[[torch.Tensor], torch.Tensor]
                ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function from a uint8 batch (B, 3, 32, 32) to class probabilities (B, 10) by ``model``:
     a module, or any function from float images in [0, 1] to logits (``export.Runner``)."""
-    if isinstance(model, nn.Module):
+    if isinstance(model, nn.Module) and not mode_is_fixed(model):
         model.eval()
 
     def predict(images: torch.Tensor) -> torch.Tensor:
